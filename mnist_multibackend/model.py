@@ -1,0 +1,72 @@
+"""The 2017 MNIST CNN, layer for layer, in backend-neutral Keras 3.
+
+Import this module only after ``runtime.start()`` has chosen the backend.
+
+Layer names are the original's, including Keras 2's automatic ones
+(``activation_1``, ``dropout_1``, ``flatten_1``), so that weights and legacy
+files map onto the layers by name.
+"""
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from .errors import InputError
+
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+# The original recipe: Keras 2.1.2's Adam defaults (its epsilon was 1e-8;
+# Keras 3's default is 1e-7) and categorical cross-entropy on one-hot labels.
+LEARNING_RATE = 1e-3
+ADAM_EPSILON = 1e-8
+
+
+def _conv_bn_relu(x, filters: int, index: int):
+    x = layers.Conv2D(filters, (3, 3), padding="valid", name=f"conv{index}")(x)
+    x = layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"bn{index}")(x)
+    return layers.Activation("relu", name=f"activation_{index + 1}")(x)
+
+
+def build_model() -> keras.Model:
+    """The original architecture: 330,730 parameters, 330,346 of them trainable.
+
+    Input ``float32 (batch, 28, 28, 1)`` in [0, 1]; output ``(batch, 10)`` softmax probabilities.
+    """
+    inputs = keras.Input(shape=INPUT_SHAPE, name="input_1")
+    x = _conv_bn_relu(inputs, 32, 0)
+    x = _conv_bn_relu(x, 32, 1)
+    x = layers.MaxPooling2D((2, 2), name="MP1")(x)
+    x = _conv_bn_relu(x, 64, 2)
+    x = _conv_bn_relu(x, 64, 3)
+    x = layers.MaxPooling2D((2, 2), name="MP2")(x)
+    x = layers.Dropout(0.2, name="dropout_1")(x)
+    x = layers.Flatten(name="flatten_1")(x)
+    x = layers.Dense(256, activation="relu", name="fc1")(x)
+    x = layers.Dropout(0.4, name="dropout_2")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="fco")(x)
+    return keras.Model(inputs, outputs, name="mnist_cnn")
+
+
+def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Model:
+    """Compile with the original recipe; ``learning_rate`` may also be a schedule."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, epsilon=ADAM_EPSILON),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def load_saved_model(path, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` model file with Keras's ``safe_mode`` on (no code from the file runs).
+
+    Raises ``InputError`` with one line when the file is missing or is not a Keras model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file" if not path.exists() else "is not a file")
+    if path.suffix != ".keras":
+        raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"not a loadable Keras model ({detail})") from None

@@ -1,0 +1,100 @@
+"""Test set-up: the backend comes from KERAS_BACKEND (tox sets it), chosen before Keras loads.
+
+Markers: ``@pytest.mark.tensorflow`` / ``@pytest.mark.jax`` run a test only on
+that backend; unmarked tests run on every backend. ``@pytest.mark.slow`` marks
+the long ones.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_multibackend.runtime import BACKENDS, start
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+if os.environ.get("MNIST_DATA_DIR"):  # a relative path must survive the subprocesses' own working folders
+    os.environ["MNIST_DATA_DIR"] = str(Path(os.environ["MNIST_DATA_DIR"]).resolve())
+RUNTIME = start(os.environ.get("KERAS_BACKEND"), device="cpu")
+BACKEND = RUNTIME.backend
+OTHER_BACKEND = next(b for b in BACKENDS if b != BACKEND)
+
+
+def pytest_report_header(config):
+    return f"mnist-multibackend: {RUNTIME.describe()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        wanted = [b for b in BACKENDS if b in item.keywords]
+        if wanted and BACKEND not in wanted:
+            item.add_marker(pytest.mark.skip(reason=f"needs the {' or '.join(wanted)} backend, running {BACKEND}"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        message = f"{what} not found at {path}; set MNIST_DATA_DIR or put ../shared beside the repository"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI has ../shared: a missing file there is a broken set-up, not a skip
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST IDX files (``$MNIST_DATA_DIR``, else ``../shared/data/mnist``)."""
+    return _require(Path(os.environ.get("MNIST_DATA_DIR") or SHARED / "data" / "mnist"), "MNIST data")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from mnist_multibackend.data import load_folder
+
+    return load_folder(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def seed_dir() -> Path:
+    """The original project's Keras 2 files."""
+    return _require(SHARED / "data" / "keras2-seed", "the Keras 2 seed models")
+
+
+def cli(*args, env=None, backend=BACKEND, timeout=900, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``mnist-mb ARGS`` in a fresh process, as a user would."""
+    full_env = {**os.environ, "KERAS_BACKEND": backend, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mnist_multibackend", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=cwd)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mnist-mb: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mnist_dir):
+    """One short real training run through the CLI on this backend (shared by several tests).
+
+    Batch 16 on 4,000 images gives 250 steps: enough for the batch-norm moving
+    statistics to settle, so the model's predictions are meaningful.
+    """
+    out = tmp_path_factory.mktemp("run")
+    result = cli("train", "--data", mnist_dir, "--epochs", 1, "--batch-size", 16, "--limit", 4000,
+                 "--seed", 0, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
