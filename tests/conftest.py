@@ -90,11 +90,12 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 def trained_run(tmp_path_factory, mnist_dir):
     """One short real training run through the CLI on this backend (shared by several tests).
 
-    Batch 16 on 4,000 images gives 250 steps: enough for the batch-norm moving
-    statistics to settle, so the model's predictions are meaningful.
+    Two epochs of batch 16 on 4,000 images give 500 steps: enough for the
+    batch-norm moving statistics (momentum 0.99) to settle, so the model's
+    test predictions are meaningful (after 250 steps they are not yet).
     """
     out = tmp_path_factory.mktemp("run")
-    result = cli("train", "--data", mnist_dir, "--epochs", 1, "--batch-size", 16, "--limit", 4000,
+    result = cli("train", "--data", mnist_dir, "--epochs", 2, "--batch-size", 16, "--limit", 4000,
                  "--seed", 0, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
