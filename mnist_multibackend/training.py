@@ -67,7 +67,7 @@ class EpochTimer(keras.callbacks.Callback):
 
     def _stop(self):
         if self._start is not None:
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1].value)
             self.seconds.append(time.perf_counter() - self._start)
             self._start = None
 
