@@ -181,10 +181,10 @@ def parse_keras2_yaml(text: str, source="YAML"):
         return loader.get_single_data()
     except RefusedYamlTag as err:
         raise InputError(source, str(err)) from None
-    except yaml.YAMLError as err:
-        raise InputError(source, f"not valid YAML ({' '.join(str(err).split())})") from None
     except RecursionError:
         raise InputError(source, "YAML is nested too deeply") from None
+    except Exception as err:  # noqa: BLE001 - YAMLError, or a scalar no constructor accepts (a bad date ...)
+        raise InputError(source, f"not valid YAML ({' '.join(str(err).split())[:300]})") from None
     finally:
         loader.dispose()
 
@@ -225,7 +225,7 @@ KERAS2_ONLY_OPTIONS = {
 
 def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
     """One Keras 2 layer entry as Keras 3 reads it; the first layer of a Sequential may become two."""
-    if not isinstance(layer, dict) or not isinstance(layer.get("config"), (dict, list)):
+    if not isinstance(layer, dict):
         raise InputError(source, f"a layer entry is not a {{class_name, config}} mapping: {str(layer)[:120]}")
     # tf_keras adds "module"/"registered_name" (checked already); without them Keras 3 takes its Keras 2
     # path, which also turns BatchNormalization's axis [3] into 3.
@@ -233,6 +233,8 @@ def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
     class_name = layer.get("class_name")
     if class_name in ("Model", "Functional", "Sequential"):
         return [{**layer, **_keras3_model_config(layer, source)}]
+    if not isinstance(layer.get("config"), dict):
+        raise InputError(source, f"layer entry {str(layer)[:120]} has no config mapping")
     config = dict(layer["config"])
     name = config.get("name", layer.get("name"))
     for option, neutral in KERAS2_ONLY_OPTIONS.items():
@@ -287,15 +289,15 @@ def model_from_keras2_config(model_config, source="model config") -> keras.Model
     if not isinstance(model_config, dict) or "class_name" not in model_config:
         raise InputError(source, "not a Keras model configuration (no 'class_name' at the top)")
     check_config_classes(model_config, source)
-    keras3 = _keras3_model_config(model_config, source)
-    cls = keras.Sequential if keras3["class_name"] == "Sequential" else keras.Model
     try:
+        keras3 = _keras3_model_config(model_config, source)
+        cls = keras.Sequential if keras3["class_name"] == "Sequential" else keras.Model
         # Safe mode even if the process enabled unsafe deserialization elsewhere.
         with SafeModeScope(True):
             return cls.from_config(keras3["config"])
     except InputError:
         raise
-    except Exception as err:  # noqa: BLE001 - whatever Keras raises, the config does not describe a model
+    except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
         raise InputError(source, f"not a loadable Keras 2 model ({_first_line(err)})") from None
 
 
@@ -370,7 +372,7 @@ _VARIANCE_SCALING = frozenset({"VarianceScaling", "GlorotUniform", "GlorotNormal
 
 
 def _keras2_initializer(value: dict, where: str) -> dict:
-    initializer = keras.initializers.get({k: v for k, v in value.items()})
+    initializer = keras.initializers.get(dict(value))
     if isinstance(initializer, keras.initializers.VarianceScaling):
         # Keras 2.1 knew Glorot, He and LeCun only as VarianceScaling settings.
         config = initializer.get_config()
@@ -613,26 +615,26 @@ def adam_from_keras2(optimizer_config, source) -> keras.optimizers.Adam:
     lr = config.pop("lr", 0.001) if lr is None else lr
     if isinstance(lr, dict):
         raise InputError(source, f"learning-rate schedule {lr.get('class_name')!r} is not supported")
-    decay = float(config.pop("decay", 0.0) or 0.0)
-    settings = {"beta_1": _as_float32_value(config.pop("beta_1", 0.9)),
-                "beta_2": _as_float32_value(config.pop("beta_2", 0.999)),
-                "epsilon": config.pop("epsilon", None) or KERAS2_EPSILON,
-                "amsgrad": bool(config.pop("amsgrad", False))}
-    for clip in ("clipnorm", "clipvalue"):
-        if config.get(clip) is not None:
-            settings[clip] = float(config.pop(clip))
-    for option, neutral in NEUTRAL_OPTIMIZER_OPTIONS.items():
-        if option in config and (neutral is ANY or config[option] == neutral):
-            del config[option]
-    if config:
-        raise InputError(source, f"Adam options {sorted(config)} are not supported")
-    if decay < 0 or not math.isfinite(decay):
-        raise InputError(source, f"Adam decay must be a non-negative number. Received: {decay}")
-    learning_rate = _as_float32_value(lr)
-    if decay:
-        learning_rate = keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
-                                                                    decay_rate=_as_float32_value(decay))
     try:
+        decay = float(config.pop("decay", 0.0) or 0.0)
+        settings = {"beta_1": _as_float32_value(config.pop("beta_1", 0.9)),
+                    "beta_2": _as_float32_value(config.pop("beta_2", 0.999)),
+                    "epsilon": float(config.pop("epsilon", None) or KERAS2_EPSILON),
+                    "amsgrad": bool(config.pop("amsgrad", False))}
+        for clip in ("clipnorm", "clipvalue"):
+            if config.get(clip) is not None:
+                settings[clip] = float(config.pop(clip))
+        for option, neutral in NEUTRAL_OPTIMIZER_OPTIONS.items():
+            if option in config and (neutral is ANY or config[option] == neutral):
+                del config[option]
+        if config:
+            raise InputError(source, f"Adam options {sorted(config)} are not supported")
+        if decay < 0 or not math.isfinite(decay):
+            raise InputError(source, f"Adam decay must be a non-negative number. Received: {decay}")
+        learning_rate = _as_float32_value(lr)
+        if decay:
+            learning_rate = keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
+                                                                        decay_rate=_as_float32_value(decay))
         return keras.optimizers.Adam(learning_rate=learning_rate, **settings)
     except (TypeError, ValueError) as err:
         raise InputError(source, f"Adam settings not usable ({_first_line(err)})") from None
@@ -676,6 +678,16 @@ def compile_args_from_keras2(training_config, model: keras.Model, source) -> dic
                 metrics = metrics[0]  # tf.keras wrote one list per output
             args[key] = metrics
     return args
+
+
+def compile_from_keras2(model: keras.Model, training_config, source) -> keras.Model:
+    """Compile ``model`` as a Keras 2 ``training_config`` says (see ``compile_args_from_keras2``)."""
+    args = compile_args_from_keras2(training_config, model, source)
+    try:
+        model.compile(**args)
+    except (TypeError, ValueError) as err:
+        raise InputError(source, f"training_config not usable ({_first_line(err)})") from None
+    return model
 
 
 # Names Keras 2 releases gave their optimizer variables.
@@ -841,8 +853,7 @@ def load_legacy_h5(path, compile: bool = True) -> keras.Model:
         read_weights_group(f["model_weights"], model, path)
         if not compile or "training_config" not in f.attrs:
             return model
-        training_config = _parse_json(f.attrs["training_config"], path, "training_config")
-        model.compile(**compile_args_from_keras2(training_config, model, path))
+        compile_from_keras2(model, _parse_json(f.attrs["training_config"], path, "training_config"), path)
         if "optimizer_weights" in f:
             restore_adam_state(model, f["optimizer_weights"], path)
     return model

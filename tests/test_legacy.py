@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import REPO
 from mnist_multibackend import data, legacy
@@ -612,6 +614,7 @@ def test_yaml_python_tags_other_than_tuple_and_unicode_are_refused(tag, seed_dir
     ("- just\n- a list\n", "not a Keras model configuration"),
     ("class_name: Model\nconfig: {layers: []}\n", "needs lists 'layers', 'input_layers' and 'output_layers'"),
     ("class_name: Dense\nconfig: {units: 3}\n", "expected Model, Functional or Sequential"),
+    ("class_name: Sequential\nconfig: [{class_name: Dense, config: [1, 2]}]\n", "has no config mapping"),
     ("class_name: Sequential\nconfig:\n- class_name: Dense\n  config: {units: -3, batch_input_shape: [null, 2]}\n",
      "not a loadable Keras 2 model"),
     ("class_name: Model\nconfig: &a {layers: [*a], input_layers: [], output_layers: []}\n", "refers to itself"),
@@ -625,6 +628,57 @@ def test_malformed_yaml_is_one_clear_error(text, fragment):
     with pytest.raises(InputError, match=re.escape(fragment)) as caught:
         legacy.model_from_yaml(text, source="bad.yaml")
     assert str(caught.value).startswith("bad.yaml: ") and "\n" not in str(caught.value)
+
+
+def config_paths(node, prefix=()):
+    """Every place in a nested config, as a tuple of keys and indices."""
+    if prefix:
+        yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield from config_paths(value, prefix + (key,))
+
+
+def replaced(config, path, value):
+    config = json.loads(json.dumps(config))
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return config
+
+
+ODD_VALUES = st.sampled_from([None, -1, 0, 3, "x", "", [], {}, 1e308, float("nan"), True, [None], [1, 2, 3],
+                              {"class_name": "Dense"}, {"class_name": "Dense", "config": {}}, [[["x", 0, 0, {}]]]])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_damaged_config_is_a_model_or_one_input_error(seed_config, seed_dir, data):
+    """Put odd values anywhere in the original's model and training configs: a model or an InputError, never
+    another exception."""
+    with h5py.File(seed_dir / H5, "r") as f:
+        training = json.loads(f.attrs["training_config"])
+    which = data.draw(st.sampled_from(["model", "training"]))
+    base = seed_config if which == "model" else training
+    damaged = replaced(base, data.draw(st.sampled_from(list(config_paths(base)))), data.draw(ODD_VALUES))
+    try:
+        if which == "model":
+            legacy.model_from_keras2_config(damaged, "damaged")
+        else:
+            legacy.compile_from_keras2(legacy.model_from_keras2_config(seed_config), damaged, "damaged")
+    except InputError as err:
+        assert str(err).startswith("damaged: ") and "\n" not in str(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(position=st.integers(0, 9000), text=st.text(alphabet="-:[]{}&*!|>'\"# \n\tax0", max_size=6))
+def test_any_damaged_yaml_is_a_model_or_one_input_error(seed_dir, position, text):
+    original = (seed_dir / YAML).read_text()
+    try:
+        legacy.model_from_yaml(original[:position] + text + original[position + len(text):], "damaged.yaml")
+    except InputError as err:
+        assert str(err).startswith("damaged.yaml: ") and "\n" not in str(err)
 
 
 def test_malformed_h5_files_are_one_clear_error(tmp_path, seed_dir):
