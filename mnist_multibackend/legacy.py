@@ -616,10 +616,11 @@ def adam_from_keras2(optimizer_config, source) -> keras.optimizers.Adam:
     if isinstance(lr, dict):
         raise InputError(source, f"learning-rate schedule {lr.get('class_name')!r} is not supported")
     try:
-        decay = float(config.pop("decay", 0.0) or 0.0)
+        decay = float(config.pop("decay", None) or 0.0)
+        epsilon = config.pop("epsilon", None)
         settings = {"beta_1": _as_float32_value(config.pop("beta_1", 0.9)),
                     "beta_2": _as_float32_value(config.pop("beta_2", 0.999)),
-                    "epsilon": float(config.pop("epsilon", None) or KERAS2_EPSILON),
+                    "epsilon": KERAS2_EPSILON if epsilon is None else float(epsilon),
                     "amsgrad": bool(config.pop("amsgrad", False))}
         for clip in ("clipnorm", "clipvalue"):
             if config.get(clip) is not None:
