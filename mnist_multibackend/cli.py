@@ -57,11 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", help="run folder to write (default: runs/latest)")
     train.add_argument("--no-validate", dest="validate", action="store_false",
                        help="skip scoring the test set after each epoch")
+    train.add_argument("--legacy-artifacts", action="store_true",
+                       help="also write the original's Keras 2 files MNIST_keras_CNN.h5, MNIST_keras_CNN.yaml "
+                            "and MNIST_keras_w_CNN.h5 beside model.keras")
 
     evaluate = commands.add_parser("evaluate", help="score a saved model on the MNIST test set (JSON)")
     _add_runtime_flags(evaluate)
-    evaluate.add_argument("model", help="model file (.keras)")
+    evaluate.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
     evaluate.add_argument("--data", help="as for train")
+
+    legacy = commands.add_parser("legacy", help="read and write the original's Keras 2 files (HDF5, YAML)")
+    legacy_commands = legacy.add_subparsers(dest="legacy_command", required=True, metavar="ACTION")
+    export = legacy_commands.add_parser("export", help="write a model as Keras 2 files (any of --h5, --yaml, "
+                                                       "--weights)")
+    _add_runtime_flags(export)
+    export.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
+    export.add_argument("--h5", help="full model with training config and Adam state, as Keras 2's model.save()")
+    export.add_argument("--yaml", help="architecture, as Keras 2's model.to_yaml()")
+    export.add_argument("--weights", help="weights only, as Keras 2's model.save_weights()")
+    import_ = legacy_commands.add_parser("import", help="turn Keras 2 files into a .keras model")
+    _add_runtime_flags(import_)
+    import_.add_argument("source", help="Keras 2 full-model .h5, or architecture .yaml (with --weights)")
+    import_.add_argument("--weights", help="Keras 2 weights .h5 for a .yaml architecture")
+    import_.add_argument("--out", required=True, help=".keras model file to write")
     return parser
 
 
@@ -86,11 +104,13 @@ def run_train(args) -> int:
     from .training import TrainConfig, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-                         data=args.data, out=args.out, validate=args.validate)
+                         data=args.data, out=args.out, validate=args.validate,
+                         legacy_artifacts=args.legacy_artifacts)
     metrics = train(config, runtime)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
           f"{metrics['train_images_per_second']:.0f} training images/s on {runtime.backend}/{runtime.device}; "
-          f"wrote {config.out}/model.keras, history.csv, metrics.json")
+          f"wrote {config.out}/model.keras, history.csv, metrics.json"
+          + (" and the Keras 2 files" if config.legacy_artifacts else ""))
     return 0
 
 
@@ -102,7 +122,30 @@ def run_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate}
+def run_legacy(args) -> int:
+    if args.legacy_command == "export" and not (args.h5 or args.yaml or args.weights):
+        raise InputError("legacy export", "name at least one file to write: --h5, --yaml or --weights")
+    if args.legacy_command == "import" and not args.out.endswith(".keras"):
+        raise InputError(args.out, "--out must name a .keras file")
+    runtime = _start(args)
+    from . import legacy
+    from .atomic import atomic_path
+    from .model import load_saved_model
+
+    if args.legacy_command == "export":
+        model = load_saved_model(args.model)
+        for path in legacy.export_legacy(model, h5=args.h5, yaml_path=args.yaml, weights=args.weights):
+            print(f"wrote {path}")
+        return 0
+    model = legacy.import_legacy(args.source, weights=args.weights)
+    with atomic_path(args.out) as tmp:
+        model.save(tmp)
+    state = f", Adam at step {int(model.optimizer.iterations)}" if getattr(model, "optimizer", None) else ""
+    print(f"wrote {args.out} ({model.count_params()} parameters{state}) on {runtime.backend}")
+    return 0
+
+
+COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy}
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from .errors import InputError
+from .legacy import load_legacy_h5
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -55,16 +56,23 @@ def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Mode
     return model
 
 
-def load_saved_model(path, compile: bool = True) -> keras.Model:
-    """Load a ``.keras`` model file with Keras's ``safe_mode`` on (no code from the file runs).
+LEGACY_SUFFIXES = (".h5", ".hdf5")
 
-    Raises ``InputError`` with one line when the file is missing or is not a Keras model.
+
+def load_saved_model(path, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` model file, or a Keras 2 full-model ``.h5``, with no code from the file running.
+
+    ``.keras`` loads with Keras's ``safe_mode`` on; ``.h5``/``.hdf5`` go to
+    ``legacy.load_legacy_h5`` (optimizer state included). Raises
+    ``InputError`` with one line when the file is missing or is not a model.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "is not a file")
+    if path.suffix.lower() in LEGACY_SUFFIXES:
+        return load_legacy_h5(path, compile=compile)
     if path.suffix != ".keras":
-        raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file")
+        raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file or a Keras 2 .h5")
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model

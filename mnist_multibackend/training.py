@@ -3,7 +3,8 @@
 Import this module only after ``runtime.start()`` has chosen the backend.
 
 A run folder holds ``model.keras``, ``history.csv`` (one row per epoch) and
-``metrics.json`` (what ran where, how fast, and how well).
+``metrics.json`` (what ran where, how fast, and how well); with
+``legacy_artifacts`` also the original's three Keras 2 files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import data
+from . import data, legacy
 from .atomic import atomic_path, write_text
 from .errors import InputError
 from .model import LEARNING_RATE, build_model, compile_model, load_saved_model
@@ -40,6 +41,7 @@ class TrainConfig:
     data: str | None = None  # see data.load_dataset for the search order
     out: str = "runs/latest"
     validate: bool = True  # score the test set after each epoch, as the original did
+    legacy_artifacts: bool = False  # also write the original's Keras 2 files (see legacy.write_legacy_artifacts)
 
     def check(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -120,6 +122,8 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "test_loss": float(test_loss),
     }
     write_run(Path(config.out), model, history.history, timer.seconds, metrics)
+    if config.legacy_artifacts:
+        legacy.write_legacy_artifacts(model, config.out)
     return metrics
 
 

@@ -92,10 +92,11 @@ def trained_run(tmp_path_factory, mnist_dir):
 
     Two epochs of batch 16 on 4,000 images give 500 steps: enough for the
     batch-norm moving statistics (momentum 0.99) to settle, so the model's
-    test predictions are meaningful (after 250 steps they are not yet).
+    test predictions are meaningful (after 250 steps they are not yet). It also
+    writes the original's Keras 2 files (``--legacy-artifacts``).
     """
     out = tmp_path_factory.mktemp("run")
     result = cli("train", "--data", mnist_dir, "--epochs", 2, "--batch-size", 16, "--limit", 4000,
-                 "--seed", 0, "--out", out)
+                 "--seed", 0, "--out", out, "--legacy-artifacts")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
