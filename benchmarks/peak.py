@@ -16,22 +16,32 @@ from .timing import steps_for, timed
 MATMUL_SIZE = 2048  # 17.2 GFLOP per product: long enough to hide dispatch, small enough for any device
 
 
-def matmul_peak(backend: str, windows: int, window_seconds: float, size: int = MATMUL_SIZE) -> dict:
-    """``{"gflops", "median_gflops", "size", "matmuls_per_window"}`` for ``size x size`` fp32 matmuls.
+class MatmulPeak:
+    """Windows of chained ``size x size`` fp32 matmuls, sampled now and again through a run.
 
-    ``gflops`` is the best window: a peak is what the device can do, and on a
-    shared machine the least disturbed window comes closest to it (which makes
-    every row's percent of peak, if anything, an underestimate).
+    The peak is the best window: a peak is what the device can do, and on a
+    shared machine the least disturbed window comes closest to it. Sampling
+    between the other measurements, not only once at the start, keeps one busy
+    moment from setting the yardstick (and a high peak makes every row's
+    percent of peak, if anything, an underestimate).
     """
-    run = _jax_matmuls(size) if backend == "jax" else _tensorflow_matmuls(size)
-    run(1)  # compile and warm up
-    per_matmul = timed(lambda: run(2)) / 2
-    count = steps_for(per_matmul, window_seconds, max_steps=1000)
-    seconds = [timed(lambda: run(count)) for _ in range(windows)]
-    flops = 2 * size**3 * count
-    rates = [flops / s / 1e9 for s in seconds]
-    return {"gflops": max(rates), "median_gflops": statistics.median(rates), "size": size,
-            "matmuls_per_window": count}
+
+    def __init__(self, backend: str, window_seconds: float, size: int = MATMUL_SIZE):
+        self.size = size
+        self._run = _jax_matmuls(size) if backend == "jax" else _tensorflow_matmuls(size)
+        self._run(1)  # compile and warm up
+        self.matmuls_per_window = steps_for(timed(lambda: self._run(2)) / 2, window_seconds, max_steps=1000)
+        self.rates: list[float] = []  # GFLOP/s of each window
+
+    def sample(self, windows: int) -> None:
+        for _ in range(windows):
+            seconds = timed(lambda: self._run(self.matmuls_per_window))
+            self.rates.append(2 * self.size**3 * self.matmuls_per_window / seconds / 1e9)
+
+    def summary(self) -> dict:
+        """``{"gflops": best window, "median_gflops", "size", "matmuls_per_window", "windows"}``."""
+        return {"gflops": max(self.rates), "median_gflops": statistics.median(self.rates), "size": self.size,
+                "matmuls_per_window": self.matmuls_per_window, "windows": len(self.rates)}
 
 
 def _jax_matmuls(size: int):

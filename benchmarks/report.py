@@ -14,7 +14,7 @@ def throughput_table(rows: list[dict]) -> str:
     """The matrix as one Markdown table: measured rows first, then the unavailable devices."""
     lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     ok = sorted((r for r in rows if r["status"] == "ok"),
-                key=lambda r: (r["device"], r["mode"], r["batch_size"], r["backend"], r["impl"]))
+                key=lambda r: (r["device"], r["mode"] != "train", r["batch_size"], r["backend"], r["impl"]))
     for r in ok:
         ratio = r.get("keras_to_raw")
         lines.append(f"| {r['backend']} | {r['device']} | {r['replicas']} | {r['impl']} | {r['mode']} "
@@ -47,7 +47,7 @@ def markdown(results: dict) -> str:
         f"training counted as 3x: {flops['train'] / 1e6:.1f} MFLOP.",
         f"Each figure is the median of {results['windows']} timed windows of about "
         f"{results['window_seconds']} s after a warm-up window; compile s is the first step's extra time. "
-        "% of peak: against the device's peak, the best dense fp32 2048 x 2048 matmul rate that either "
+        "% of peak: against the device's peak, the best window of dense fp32 2048 x 2048 matmuls that either "
         "backend reached on it in this run. "
         "Keras ÷ raw: the Keras row's images/s over the raw reference's, median of the rounds in which "
         "their windows alternated (below 1: Keras is slower). Train: `model.fit` epochs (without fit's "
@@ -58,6 +58,12 @@ def markdown(results: dict) -> str:
         throughput_table(results["rows"]),
         "",
     ]
+    shares = [r["cpu_share"] for r in results["rows"] if r["status"] == "ok" and "cpu_share" in r]
+    if shares:
+        parts += [f"During its timed windows the measuring process got {100 * min(shares):.0f}-"
+                  f"{100 * max(shares):.0f} % of the machine's {m['cores']} cores (its CPU time over wall time x cores; "
+                  "the rest went to other programs, or the libraries left a core idle). The load averages "
+                  "include the benchmark itself.", ""]
     unavailable = [r for r in results["rows"] if r["status"] != "ok"]
     if unavailable:
         parts += [*(f"- {r['backend']} {r['device']}: {r['status']}: {r.get('reason', '')}" for r in unavailable), ""]
@@ -98,7 +104,7 @@ def chart(results: dict, path: Path) -> None:
     batch_sizes = sorted({r["batch_size"] for r in rows})
     colours = {("jax", "keras"): "#1f77b4", ("jax", "raw"): "#9ecae9",
                ("tensorflow", "keras"): "#ff7f0e", ("tensorflow", "raw"): "#ffbb78"}
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.9), squeeze=False)
     width = 0.8 / max(1, len(series))
     for ax, (device, mode) in zip(axes[0], panels):
         for i, (backend, impl) in enumerate(series):
@@ -116,11 +122,14 @@ def chart(results: dict, path: Path) -> None:
         ax.set_title(f"{mode} on {device}")
         ax.margins(y=0.12)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    # One legend below the panels: inside, it would cover the bars' labels.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(series)), fontsize=9, frameon=False)
     m = results["machine"]
-    fig.suptitle(f"MNIST CNN throughput (median of {results['windows']} windows; labels: % of matmul peak) - "
-                 f"{m['cpu']}, {m['cores']} cores, load {results['load_average_before']:.1f}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"MNIST CNN throughput, median of {results['windows']} windows (labels: % of the device's matmul "
+                 f"peak) - {m['cpu']}, {m['cores']} cores, load average {results['load_average_before']:.1f} "
+                 "at the start", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
