@@ -7,9 +7,10 @@ Run them with ``mnist-mb bench [--quick] [--out DIR]``. The pieces:
   path, and writes ``results.json``, ``results.md`` and ``results.png``.
 - ``throughput``: the worker, ``python -m benchmarks.throughput --backend B
   --device D``; prints one JSON object on stdout.
+- ``timing``: probes, interleaved windows, medians.
 - ``flops``: the model's cost per image, counted from its layer shapes.
 - ``peak``: the device's dense fp32 matmul rate, the yardstick for "percent of peak".
-- ``raw_jax``, ``raw_tf``: the same network without Keras, as references.
+- ``core``, ``raw_jax``, ``raw_tf``: the same network without Keras, as references.
 - ``datapath``: IDX -> CSV conversion and CSV loading, against the original per-byte loop.
 - ``report``: the Markdown table and the bar chart.
 

@@ -63,6 +63,7 @@ def run_benchmarks(config: BenchConfig) -> dict:
     settings = config.settings()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    # Rows carry "replicas" (1 here): data-parallel counts would be one more loop over workers.
     workers = [run_worker(backend, device, settings, config.data)
                for backend in config.backends for device in config.devices]
 
