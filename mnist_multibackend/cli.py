@@ -80,7 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("source", help="Keras 2 full-model .h5, or architecture .yaml (with --weights)")
     import_.add_argument("--weights", help="Keras 2 weights .h5 for a .yaml architecture")
     import_.add_argument("--out", required=True, help=".keras model file to write")
+
+    bench = commands.add_parser("bench", help="measure training and inference speed of each backend and device "
+                                              "(writes results.json, results.md, results.png)")
+    bench.add_argument("--quick", action="store_true", help="one batch size and short windows: about 90 s")
+    bench.add_argument("--out", default="runs/bench", help="folder to write (default: runs/bench)")
+    bench.add_argument("--data", help="as for train")
+    bench.add_argument("--batch-sizes", type=_int_list, help="comma-separated (default: 32,128,512; --quick: 128)")
+    bench.add_argument("--backends", type=_backend_list, default=BACKENDS,
+                       help=f"comma-separated (default: {','.join(BACKENDS)})")
     return parser
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(","))
+
+
+def _backend_list(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    return names
 
 
 def _start(args):
@@ -145,7 +166,20 @@ def run_legacy(args) -> int:
     return 0
 
 
-COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy}
+def run_bench(args) -> int:
+    # No Keras in this process: each backend is measured in a fresh worker process.
+    from benchmarks.report import throughput_table
+    from benchmarks.run import BenchConfig, run_benchmarks
+
+    results = run_benchmarks(BenchConfig(out=args.out, quick=args.quick, data=args.data,
+                                         batch_sizes=args.batch_sizes, backends=args.backends))
+    print(throughput_table(results["rows"]))
+    print(f"wrote {args.out}/results.json, results.md, results.png", file=sys.stderr)
+    return 1 if any(row["status"] == "error" for row in results["rows"]) else 0
+
+
+COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy,
+            "bench": run_bench}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,168 @@
+"""The benchmark run: every backend and device in its own fresh process, then the data path, then the report.
+
+``run_benchmarks(BenchConfig(...))`` is what ``mnist-mb bench`` calls. The
+workers (``python -m benchmarks.throughput``) run one after another, never
+side by side, so that they do not compete for the cores; the data path runs
+last, in this process, which never imports Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mnist_multibackend import data
+from mnist_multibackend.errors import InputError
+from mnist_multibackend.runtime import BACKENDS
+
+from . import datapath, report
+from .throughput import unavailable_row
+
+DEVICES = ("cpu", "gpu")
+ERROR_PREFIX = "mnist-mb: error: "
+# Full: the matrix the README shows. Quick: the same schema in about 90 s (the test suite runs it).
+FULL = {"batch_sizes": (32, 128, 512), "windows": 5, "window_seconds": 1.5, "datapath_images": None,
+        "datapath_repeats": 3}
+QUICK = {"batch_sizes": (128,), "windows": 5, "window_seconds": 0.25, "datapath_images": 2000,
+         "datapath_repeats": 1}
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    out: str = "runs/bench"
+    quick: bool = False
+    data: str | None = None  # see data.load_dataset
+    backends: tuple[str, ...] = BACKENDS
+    devices: tuple[str, ...] = DEVICES
+    batch_sizes: tuple[int, ...] | None = None  # None: FULL's or QUICK's
+
+    def settings(self) -> dict:
+        settings = dict(QUICK if self.quick else FULL)
+        if self.batch_sizes:
+            settings["batch_sizes"] = tuple(self.batch_sizes)
+        return settings
+
+    def command(self) -> str:
+        words = ["mnist-mb", "bench", *(["--quick"] if self.quick else []), "--out", self.out]
+        if self.batch_sizes:
+            words += ["--batch-sizes", ",".join(map(str, self.batch_sizes))]
+        if tuple(self.backends) != BACKENDS:
+            words += ["--backends", ",".join(self.backends)]
+        return " ".join(words)
+
+
+def run_benchmarks(config: BenchConfig) -> dict:
+    """Measure everything, write ``results.json``, ``results.md`` and ``results.png`` into ``config.out``."""
+    settings = config.settings()
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    # Rows carry "replicas" (1 here): data-parallel counts would be one more loop over workers.
+    workers = [run_worker(backend, device, settings, config.data)
+               for backend in config.backends for device in config.devices]
+
+    _log("data path: IDX -> CSV and CSV loading")
+    dataset = data.load_dataset(config.data, download=False)  # a worker has downloaded it if it had to
+    data_path = datapath.measure(dataset, settings["datapath_images"], settings["datapath_repeats"])
+    _log(f"data path: conversion {data_path['convert_speedup']:.1f}x faster than the original loop, "
+         f"both splits in {data_path['convert_both_splits_seconds']:.2f} s")
+
+    measured = [w for w in workers if w["status"] == "ok"]
+    peaks = [{"backend": w["backend"], "device": w["device"], "gflops": w["peak"]["gflops"],
+              "median_gflops": w["peak"]["median_gflops"], "size": w["peak"]["size"]} for w in measured]
+    results = {
+        "schema": 1,
+        "command": config.command(),
+        "quick": config.quick,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - started,
+        "load_average_before": load_before,
+        "machine": _machine(workers),
+        "data": measured[0]["data"] if measured else dataset.source,
+        "flops_per_image": measured[0]["flops_per_image"] if measured else None,
+        "windows": settings["windows"],
+        "window_seconds": settings["window_seconds"],
+        "peaks": peaks,
+        "rows": against_device_peak([row for w in workers for row in w["rows"]], peaks),
+        "data_path": data_path,
+    }
+    report.write_all(results, Path(config.out))
+    return results
+
+
+def against_device_peak(rows: list[dict], peaks: list[dict]) -> list[dict]:
+    """Set each measured row's ``peak_gflops`` and ``pct_of_peak`` against its device's peak.
+
+    The device's peak is the best matmul rate any backend reached on it: the
+    hardware's practical limit, whichever library gets there (on this kind of
+    CPU, XLA's matmul is slower than TensorFlow's).
+    """
+    best = {}
+    for p in peaks:
+        best[p["device"]] = max(best.get(p["device"], 0.0), p["gflops"])
+    for row in rows:
+        if row["status"] == "ok":
+            row["peak_gflops"] = best[row["device"]]
+            row["pct_of_peak"] = 100 * row["gflops"] / best[row["device"]]
+    return rows
+
+
+def run_worker(backend: str, device: str, settings: dict, data_path: str | None) -> dict:
+    """One ``python -m benchmarks.throughput`` process; its JSON answer, or an ``error`` row if it failed."""
+    command = [sys.executable, "-m", "benchmarks.throughput", "--backend", backend, "--device", device,
+               "--batch-sizes", ",".join(map(str, settings["batch_sizes"])),
+               "--windows", str(settings["windows"]), "--window-seconds", str(settings["window_seconds"])]
+    if data_path:
+        command += ["--data", str(data_path)]
+    _log(f"{backend} on {device}: starting a fresh process")
+    error_line = None
+    with tempfile.TemporaryFile("w+") as answer:
+        with subprocess.Popen(command, stdout=answer, stderr=subprocess.PIPE, text=True, env=_worker_env()) as worker:
+            for line in worker.stderr:  # pass the worker's progress through; keep its error line for later
+                if line.startswith(ERROR_PREFIX):
+                    error_line = line[len(ERROR_PREFIX):].strip()
+                else:
+                    sys.stderr.write(line)
+        answer.seek(0)
+        lines = answer.read().strip().splitlines()
+    if worker.returncode == 2 and error_line:  # bad input, e.g. no MNIST data: the same one line, once
+        subject, _, problem = error_line.partition(": ")
+        raise InputError(subject, problem)
+    if worker.returncode != 0 or not lines:
+        reason = f"the worker exited with status {worker.returncode}; its error output is above"
+        target = {"backend": backend, "device": device, "replicas": 1, "status": "error", "reason": reason}
+        return {**target, "rows": [unavailable_row(**target)]}
+    return json.loads(lines[-1])
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    # The workers must import this very code, even when another copy of the project is installed.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    # Each worker chooses its device itself (runtime.start); an inherited JAX_PLATFORMS=cpu would
+    # hide a GPU from the gpu worker and make it report the GPU as missing.
+    env.pop("JAX_PLATFORMS", None)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _machine(workers: list[dict]) -> dict:
+    hosts = [w["machine"] for w in workers if w.get("machine")]
+    host = dict(hosts[0]) if hosts else {}
+    host["gpu"] = next((h.get("gpu") for h in hosts if h.get("gpu")), None)
+    versions = {}
+    for h in hosts:
+        versions.update(h.get("versions", {}))
+    host["versions"] = versions
+    return host
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,218 @@
+"""One backend on one device: training and inference throughput, Keras and raw, against the matmul peak.
+
+Run as a fresh process per backend and device (a process can hold one Keras backend)::
+
+    python -m benchmarks.throughput --backend jax --device cpu --batch-sizes 32,128,512
+
+It prints one JSON object on stdout: the rows of the throughput matrix, the
+matmul peak, the model's FLOPs per image and the machine. When the device is
+not available (``--device gpu`` and the backend sees none), it prints one row
+with ``"status": "unavailable"`` and the reason, and exits 0.
+
+The images are real MNIST training images (``data.load_dataset``), scaled as in
+training; the same first images are used for every window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import numpy as np
+
+from mnist_multibackend.errors import InputError
+from mnist_multibackend.runtime import BACKENDS, machine, start
+
+REPLICAS = 1  # one device per process; data-parallel replicas would add rows with other counts
+MAX_IMAGES = 60000  # the whole training split at most: windows never repeat an image within themselves
+PEAK_WINDOWS_BETWEEN = 2  # matmul windows after each batch size, besides the first --windows ones
+DATA_NOTE = ("real MNIST training images (data.load_dataset), scaled to [0, 1] as in training; "
+             "a window of N steps uses the first N x batch-size images")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=BACKENDS, required=True)
+    parser.add_argument("--device", choices=("cpu", "gpu"), required=True)
+    parser.add_argument("--batch-sizes", default="32,128,512", help="comma-separated (default: 32,128,512)")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per row; the median counts")
+    parser.add_argument("--window-seconds", type=float, default=1.5, help="target length of one window")
+    parser.add_argument("--data", help="MNIST location, as for mnist-mb train")
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    answer = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not corrupt the JSON answer
+    try:
+        report = run(args)
+    except InputError as err:
+        print(f"mnist-mb: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report), file=answer, flush=True)
+    return 0
+
+
+def run(args) -> dict:
+    target = {"backend": args.backend, "device": args.device, "replicas": REPLICAS}
+    try:
+        runtime = start(args.backend, args.device)
+    except InputError as err:
+        return {**target, "status": "unavailable", "reason": str(err), "machine": _host(),
+                "rows": [unavailable_row(**target, status="unavailable", reason=str(err), machine=_host())]}
+    _log(f"{runtime.describe()}")
+
+    import keras
+
+    from mnist_multibackend import data
+    from mnist_multibackend.model import build_model
+
+    from . import flops, peak
+
+    host = _host(runtime)
+    dataset = data.load_dataset(args.data)
+    images = min(len(dataset.x_train), MAX_IMAGES)
+    x, y = data.as_model_input(dataset.x_train[:images]), data.one_hot(dataset.y_train[:images])
+
+    cost = flops.flops_per_image(build_model())
+    matmul = peak.MatmulPeak(args.backend, args.window_seconds)
+    matmul.sample(args.windows)
+    _log(f"dense fp32 matmul: {max(matmul.rates):.0f} GFLOP/s in the best window so far")
+
+    rows = []
+    for batch_size in args.batch_sizes:
+        for measured in measure_batch_size(args, runtime, x, y, batch_size):
+            gflops = measured["images_per_second"] * cost["train" if measured["mode"] == "train" else "forward"] / 1e9
+            rows.append({**target, "batch_size": batch_size, **measured, "status": "ok", "gflops": gflops,
+                         "machine": host})
+            _log(f"{args.backend} {args.device} {measured['impl']:5} {measured['mode']:5} batch {batch_size:4}: "
+                 f"{measured['images_per_second']:8.0f} images/s, {gflops:6.1f} GFLOP/s, "
+                 f"compile {measured['compile_seconds']:.2f} s")
+        keras.backend.clear_session()
+        matmul.sample(PEAK_WINDOWS_BETWEEN)
+    summary = matmul.summary()
+    _log(f"dense fp32 matmul peak {summary['gflops']:.0f} GFLOP/s (best of {summary['windows']} windows)")
+    for row in rows:
+        row.update(backend_peak_gflops=summary["gflops"], pct_of_backend_peak=100 * row["gflops"] / summary["gflops"])
+    return {**target, "status": "ok", "runtime": runtime.as_dict(), "machine": host, "peak": summary,
+            "flops_per_image": cost, "data": DATA_NOTE, "rows": rows}
+
+
+def unavailable_row(**fields) -> dict:
+    """A row with the matrix's keys but no measurement (``status`` and ``reason`` say why)."""
+    empty = dict.fromkeys(("batch_size", "mode", "impl", "images_per_second", "gflops", "pct_of_peak",
+                           "compile_seconds", "load_average_1min"))
+    return {**empty, **fields}
+
+
+def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
+    """Training, then inference, on a fresh model: Keras and the raw reference, their windows interleaved."""
+    import keras
+
+    from mnist_multibackend.model import build_model, compile_model
+    from mnist_multibackend.training import EpochTimer
+
+    from .core import batches, spec_from_keras
+    from .timing import measure, paired_ratio, timed
+
+    max_steps = len(x) // batch_size
+    window = dict(batch_size=batch_size, max_steps=max_steps, window_seconds=args.window_seconds,
+                  windows=args.windows)
+    # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
+    # and the speed does not depend on the initial weights.
+    model = compile_model(build_model())
+    jit_compile = bool(getattr(model, "jit_compile", False))
+    device_batches = _raw_class(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
+
+    def keras_train(steps: int) -> float:
+        # The epoch's steps only, without fit()'s set-up; EpochTimer waits for the device.
+        timer = EpochTimer()
+        model.fit(x[:steps * batch_size], y[:steps * batch_size], batch_size=batch_size, epochs=1,
+                  shuffle=False, verbose=0, callbacks=[timer])
+        return timer.seconds[0]
+
+    def keras_infer(steps: int) -> float:
+        # The whole predict() call: it returns host arrays, so it has waited for the device.
+        return timed(lambda: model.predict(x[:steps * batch_size], batch_size=batch_size, verbose=0))
+
+    trainer = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
+    train = measure({"keras": keras_train, "raw": lambda steps: timed(lambda: trainer.train(device_batches[:steps]))},
+                    **window)
+    # A fresh reference with the trained model's weights, so that both predict the same thing.
+    predictor = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
+    infer = measure({"keras": keras_infer, "raw": lambda steps: timed(lambda: predictor.predict(device_batches[:steps]))},
+                    **window)
+    # The reference must compute what the model computes: same weights in, same probabilities out.
+    difference = float(np.max(np.abs(predictor.predict(device_batches[:1])[0]
+                                     - model.predict(x[:batch_size], batch_size=batch_size, verbose=0))))
+    rows = []
+    for mode, measured in (("train", train), ("infer", infer)):
+        ratio = paired_ratio(measured["keras"], measured["raw"])
+        rows.append({**_row("keras", mode, measured["keras"]), "keras_to_raw": ratio,
+                     "framework": f"keras {keras.__version__}: model.fit / model.predict"})
+        rows.append({**_row("raw", mode, measured["raw"]), "framework": trainer.framework,
+                     "max_abs_diff_vs_keras": difference})
+    return rows
+
+
+def _raw_class(backend: str):
+    """The raw reference for ``backend``; built with Keras's XLA choice for the model (TensorFlow: off
+    on a CPU-only machine, on with a GPU; JAX always compiles)."""
+    if backend == "jax":
+        from .raw_jax import RawJax
+
+        return RawJax
+    from .raw_tf import RawTensorFlow
+
+    return RawTensorFlow
+
+
+def _row(impl: str, mode: str, m) -> dict:
+    return {"impl": impl, "mode": mode, "images_per_second": m.images_per_second,
+            "compile_seconds": m.compile_seconds, "steps_per_window": m.steps_per_window,
+            "window_images_per_second": m.window_images_per_second, "cpu_share": m.cpu_share,
+            "load_average_1min": m.load_average_1min}
+
+
+def _host(runtime=None) -> dict:
+    host = machine()
+    del host["load_average_1min"]  # each row records its own, read as its measurement began
+    if runtime is not None:
+        host.update(gpu=_gpu_name(runtime), versions=_versions(runtime))
+    return host
+
+
+def _gpu_name(runtime) -> str | None:
+    if runtime.device != "gpu":
+        return None
+    if runtime.backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    import tensorflow as tf
+
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    return details.get("device_name", runtime.devices[0])
+
+
+def _versions(runtime) -> dict:
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "keras": runtime.keras_version,
+                runtime.backend: runtime.backend_version}
+    if runtime.backend == "jax":
+        import jaxlib
+
+        versions["jaxlib"] = jaxlib.__version__
+    return versions
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Benchmarks: the model's FLOP count, the raw references, the data path, and `mnist-mb bench --quick`.
+
+These tests check what the benchmark computes and the shape of what it writes,
+never how fast anything ran.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import datapath, flops
+from benchmarks.core import batches, spec_from_keras
+from conftest import BACKEND, assert_clean_error, cli
+from mnist_multibackend import data
+from mnist_multibackend.model import build_model, compile_model
+from mnist_multibackend.runtime import BACKENDS
+
+ROW_KEYS = {"backend", "device", "replicas", "batch_size", "mode", "impl", "status", "images_per_second",
+            "gflops", "pct_of_peak", "compile_seconds", "load_average_1min"}
+
+
+def test_flops_are_counted_from_the_layer_shapes():
+    cost = flops.flops_per_image(build_model())
+    # conv0..conv3 and the two dense layers, 2 FLOPs per multiply-add
+    assert cost["layers"] == {"conv0": 2 * 26 * 26 * 9 * 1 * 32, "conv1": 2 * 24 * 24 * 9 * 32 * 32,
+                              "conv2": 2 * 10 * 10 * 9 * 32 * 64, "conv3": 2 * 8 * 8 * 9 * 64 * 64,
+                              "fc1": 2 * 1024 * 256, "fco": 2 * 256 * 10}
+    assert cost["forward"] == 2 * 9_970_304 and cost["train"] == 3 * cost["forward"]
+
+
+def _raw_reference(spec):
+    if BACKEND == "jax":
+        from benchmarks.raw_jax import RawJax
+
+        return RawJax(spec)
+    from benchmarks.raw_tf import RawTensorFlow
+
+    return RawTensorFlow(spec)
+
+
+def test_raw_reference_predicts_and_learns_as_keras_does(mnist):
+    model = compile_model(build_model())
+    labels = mnist.y_train[:64]
+    x, y = data.as_model_input(mnist.x_train[:64]), data.one_hot(labels)
+    raw = _raw_reference(spec_from_keras(model))
+    pairs = raw.to_device(batches(x, y, 32, 2))
+    np.testing.assert_allclose(np.concatenate(raw.predict(pairs)), model.predict(x, verbose=0), atol=1e-5)
+
+    def loss(probabilities):
+        return -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+
+    before = loss(model.predict(x, verbose=0))
+    for _ in range(5):  # ten steps of batch 32 from the same weights, each way
+        raw.train(pairs)
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    raw_after, keras_after = loss(np.concatenate(raw.predict(pairs))), loss(model.predict(x, verbose=0))
+    assert raw_after < before - 0.05 and keras_after < before - 0.05
+    # Only the dropout masks differ between the two: the losses move together.
+    assert abs(raw_after - keras_after) < 0.05, (before, raw_after, keras_after)
+
+
+def test_data_path_reference_writes_the_same_csv(mnist):
+    result = datapath.measure(mnist, images=300, repeats=1)
+    assert result["images"] == 300 and result["both_splits_images"] == 70000
+    assert result["csv_identical"] and result["loaded_arrays_identical"]
+    for key in ("convert_seconds_project", "convert_seconds_original", "convert_speedup", "load_seconds_project",
+                "load_seconds_reference", "load_speedup", "convert_both_splits_seconds"):
+        assert result[key] > 0, key
+
+
+def test_original_convert_is_the_published_loop(tmp_path, mnist):
+    data.write_idx(tmp_path / "images", mnist.x_test[:3])
+    data.write_idx(tmp_path / "labels", mnist.y_test[:3])
+    datapath.original_convert(tmp_path / "images", tmp_path / "labels", tmp_path / "out.csv", 3)
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(lines) == 3
+    assert [int(v) for v in lines[0].split(",")] == [int(mnist.y_test[0]), *mnist.x_test[0].ravel().tolist()]
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
+    out = tmp_path / "bench"
+    result = cli("bench", "--quick", "--data", mnist_dir, "--out", out)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    for row in rows:
+        assert ROW_KEYS <= row.keys(), row
+    for backend in BACKENDS:
+        cpu = [r for r in rows if (r["backend"], r["device"]) == (backend, "cpu")]
+        assert {(r["impl"], r["mode"]) for r in cpu} == {(i, m) for i in ("keras", "raw") for m in ("train", "infer")}
+        for r in cpu:
+            assert r["status"] == "ok" and r["replicas"] == 1 and r["batch_size"] == 128
+            for key in ("images_per_second", "gflops", "pct_of_peak", "peak_gflops"):
+                assert r[key] > 0, (key, r)
+            assert r["compile_seconds"] >= 0 and r["load_average_1min"] >= 0
+            assert len(r["window_images_per_second"]) == results["windows"] >= 5
+            assert r["machine"]["cores"] >= 1 and r["machine"]["versions"][backend]
+            if r["impl"] == "keras":
+                assert r["keras_to_raw"] > 0
+            else:
+                assert r["max_abs_diff_vs_keras"] < 1e-4  # the reference computes what Keras computes
+        gpu = [r for r in rows if (r["backend"], r["device"]) == (backend, "gpu")]
+        assert gpu and all(r["status"] in ("ok", "unavailable") for r in gpu)
+        for r in gpu:
+            if r["status"] == "unavailable":
+                assert "GPU" in r["reason"] and r["images_per_second"] is None
+    assert {p["backend"] for p in results["peaks"] if p["device"] == "cpu"} == set(BACKENDS)
+    assert results["flops_per_image"]["forward"] == 2 * 9_970_304
+    assert results["machine"]["cpu"] and results["load_average_before"] >= 0
+    path = results["data_path"]
+    assert path["csv_identical"] and path["loaded_arrays_identical"]
+    assert path["convert_speedup"] > 0 and path["load_speedup"] > 0 and path["convert_both_splits_seconds"] > 0
+
+    report = (out / "results.md").read_text()
+    assert "| backend | device | replicas | impl | mode | batch | images/s |" in report
+    assert all(f"| {backend} | cpu | 1 | keras | train | 128 |" in report for backend in BACKENDS)
+    assert report.count("\n| ") >= 8 + 2 + 2  # eight measured rows, two GPU rows, two peaks at least
+    with Image.open(out / "results.png") as chart:
+        assert chart.format == "PNG" and chart.size[0] > 600 and chart.size[1] > 300
+    assert "| tensorflow | cpu |" in result.stdout  # the table is printed too
+
+
+def test_bench_without_data_is_one_clean_error(tmp_path):
+    out = tmp_path / "bench"
+    result = cli("bench", "--quick", "--backends", "jax", "--data", tmp_path / "missing", "--out", out)
+    assert_clean_error(result, "missing", "no such file or directory")
+    assert not out.exists()
+
+
+def test_bench_rejects_a_bad_batch_size(tmp_path):
+    result = cli("bench", "--batch-sizes", "128,0", "--out", tmp_path)
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
