@@ -17,6 +17,15 @@ layers are told to all-reduce them. So a data-parallel run follows the
 single-device recipe, up to floating-point summation order and, on
 TensorFlow, dropout masks (each replica draws its own for its share of the
 batch; JAX draws one mask for the global batch and shards it).
+
+Use (``training.train`` does this; a benchmark can too, per replica count)::
+
+    replicas = data_parallel(runtime)  # all devices of runtime.device; count=1 for the engine on one
+    model = replicas.build_model()
+    x, y, batch_size = replicas.local_share(x, y, 128)  # 128: the global batch
+    with replicas.scope():
+        model.fit(x, y, batch_size=batch_size, callbacks=replicas.callbacks)
+    replicas.single_device_copy(model).save("model.keras")
 """
 
 from __future__ import annotations
