@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--legacy-artifacts", action="store_true",
                        help="also write the original's Keras 2 files MNIST_keras_CNN.h5, MNIST_keras_CNN.yaml "
                             "and MNIST_keras_w_CNN.h5 beside model.keras")
+    parallel = train.add_argument_group("data-parallel training (see the README)")
+    parallel.add_argument("--distribute", action="store_true",
+                          help="one model replica per visible device of the chosen kind, the global "
+                               "--batch-size split across them (TensorFlow: several workers when TF_CONFIG names them)")
+    parallel.add_argument("--cpu-devices", type=_positive_int, metavar="N",
+                          help="split the host CPU into N logical devices (implies --device cpu)")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="JAX multi-process: the address of process 0 (with --num-processes, --process-id)")
+    parallel.add_argument("--num-processes", type=_positive_int, metavar="N", help="JAX multi-process: process count")
+    parallel.add_argument("--process-id", type=int, metavar="I", help="JAX multi-process: this process, 0..N-1")
 
     evaluate = commands.add_parser("evaluate", help="score a saved model on the MNIST test set (JSON)")
     _add_runtime_flags(evaluate)
@@ -104,10 +114,28 @@ def _backend_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _cluster(args):
+    """The JAX multi-process flags, all three or none."""
+    from .runtime import Cluster
+
+    flags = {"--coordinator": getattr(args, "coordinator", None),
+             "--num-processes": getattr(args, "num_processes", None),
+             "--process-id": getattr(args, "process_id", None)}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if not given:
+        return None
+    if len(given) < len(flags):
+        missing = ", ".join(flag for flag in flags if flag not in given)
+        raise InputError(given[0], f"multi-process training also needs {missing}")
+    if not args.distribute:
+        raise InputError(given[0], "multi-process training needs --distribute")
+    return Cluster(*flags.values())
+
+
 def _start(args):
     from .runtime import start
 
-    runtime = start(args.backend, args.device)
+    runtime = start(args.backend, args.device, getattr(args, "cpu_devices", None), _cluster(args))
     print(f"mnist-mb: {runtime.describe()}", file=sys.stderr, flush=True)
     return runtime
 
@@ -125,13 +153,17 @@ def run_train(args) -> int:
     from .training import TrainConfig, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-                         data=args.data, out=args.out, validate=args.validate,
+                         data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
                          legacy_artifacts=args.legacy_artifacts)
     metrics = train(config, runtime)
+    where = f"{runtime.backend}/{runtime.device}" + (f" x{metrics['replicas']}" if config.distribute else "")
+    if metrics["processes"] > 1:
+        where += f", process {metrics['process_index']} of {metrics['processes']}"
+    written = (f"wrote {config.out}/model.keras, history.csv, metrics.json" if metrics["process_index"] == 0
+               else "process 0 writes the run folder")
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
-          f"{metrics['train_images_per_second']:.0f} training images/s on {runtime.backend}/{runtime.device}; "
-          f"wrote {config.out}/model.keras, history.csv, metrics.json"
-          + (" and the Keras 2 files" if config.legacy_artifacts else ""))
+          f"{metrics['train_images_per_second']:.0f} training images/s on {where}; {written}"
+          + (" and the Keras 2 files" if config.legacy_artifacts and metrics["process_index"] == 0 else ""))
     return 0
 
 

@@ -23,23 +23,27 @@ LEARNING_RATE = 1e-3
 ADAM_EPSILON = 1e-8
 
 
-def _conv_bn_relu(x, filters: int, index: int):
+def _conv_bn_relu(x, filters: int, index: int, synchronized: bool = False):
     x = layers.Conv2D(filters, (3, 3), padding="valid", name=f"conv{index}")(x)
-    x = layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"bn{index}")(x)
+    x = layers.BatchNormalization(momentum=0.99, epsilon=1e-3, synchronized=synchronized, name=f"bn{index}")(x)
     return layers.Activation("relu", name=f"activation_{index + 1}")(x)
 
 
-def build_model() -> keras.Model:
+def build_model(synchronized_batch_norm: bool = False) -> keras.Model:
     """The original architecture: 330,730 parameters, 330,346 of them trainable.
 
     Input ``float32 (batch, 28, 28, 1)`` in [0, 1]; output ``(batch, 10)`` softmax probabilities.
+    ``synchronized_batch_norm`` (TensorFlow only) makes batch normalisation use
+    the statistics of the global batch under a ``tf.distribute`` strategy, as
+    on one device, instead of each replica's share of it.
     """
+    sync = synchronized_batch_norm
     inputs = keras.Input(shape=INPUT_SHAPE, name="input_1")
-    x = _conv_bn_relu(inputs, 32, 0)
-    x = _conv_bn_relu(x, 32, 1)
+    x = _conv_bn_relu(inputs, 32, 0, sync)
+    x = _conv_bn_relu(x, 32, 1, sync)
     x = layers.MaxPooling2D((2, 2), name="MP1")(x)
-    x = _conv_bn_relu(x, 64, 2)
-    x = _conv_bn_relu(x, 64, 3)
+    x = _conv_bn_relu(x, 64, 2, sync)
+    x = _conv_bn_relu(x, 64, 3, sync)
     x = layers.MaxPooling2D((2, 2), name="MP2")(x)
     x = layers.Dropout(0.2, name="dropout_1")(x)
     x = layers.Flatten(name="flatten_1")(x)

@@ -23,6 +23,27 @@ GPU_EXTRAS = {"tensorflow": "tensorflow-gpu", "jax": "jax-gpu"}
 
 
 @dataclasses.dataclass(frozen=True)
+class Cluster:
+    """This process's place in a multi-process JAX run (``jax.distributed.initialize``).
+
+    TensorFlow describes its cluster in the ``TF_CONFIG`` environment variable instead.
+    """
+
+    coordinator: str  # HOST:PORT where process 0 serves the coordination service
+    num_processes: int
+    process_id: int  # 0 .. num_processes - 1
+
+    def check(self) -> None:
+        host, _, port = self.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError("--coordinator", f"expected HOST:PORT. Received: {self.coordinator!r}")
+        if self.num_processes < 1:
+            raise InputError("--num-processes", f"must be at least 1. Received: {self.num_processes}")
+        if not 0 <= self.process_id < self.num_processes:
+            raise InputError("--process-id", f"must be in 0..{self.num_processes - 1}. Received: {self.process_id}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Runtime:
     """What a run actually uses; recorded in ``metrics.json`` and printed at start."""
 
@@ -61,25 +82,48 @@ def choose_backend(name: str | None = None) -> str:
     return requested
 
 
-def start(backend: str | None = None, device: str = "auto") -> Runtime:
+def start(backend: str | None = None, device: str = "auto", cpu_devices: int | None = None,
+          cluster: Cluster | None = None) -> Runtime:
     """Choose the backend and device, import Keras, and describe what is in use.
 
     ``device`` is ``auto`` (a GPU when the backend sees one), ``cpu`` (hide
     every GPU from the backend) or ``gpu`` (an error when there is none).
+    ``cpu_devices`` splits the host CPU into that many logical devices (and
+    implies ``cpu``), so that data-parallel training runs without accelerators. ``cluster`` joins a
+    multi-process JAX run. Both must be settled before the backend initialises,
+    which is why they are arguments here.
     """
     if device not in DEVICES:
         raise InputError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+    if cpu_devices is not None:
+        if cpu_devices < 1:
+            raise InputError("--cpu-devices", f"must be at least 1. Received: {cpu_devices}")
+        if device == "gpu":
+            raise InputError("--cpu-devices", "splits the host CPU into logical devices; it cannot be used "
+                                              "with --device gpu")
+        device = "cpu"
     backend = choose_backend(backend)
+    if cluster is not None:
+        cluster.check()
+        if backend != "jax":
+            raise InputError("--coordinator", f"the {backend} backend reads its cluster from TF_CONFIG, not from "
+                                              "--coordinator/--num-processes/--process-id (see the README)")
     keras_loaded = "keras" in sys.modules
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, missing CUDA) drown the progress bar.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device != "cpu":
-        # Take GPU memory as needed instead of all of it up front, so that two
-        # processes (a benchmark's backends, one after another) can share a GPU.
+        # Take GPU memory as needed instead of all of it up front (TensorFlow
+        # maps nearly all of it, JAX 75 %), so that processes run one after
+        # another or side by side (a benchmark's backends; the TensorFlow that
+        # Keras imports inside a JAX process) can share a GPU. Both are read
+        # when the backend first touches the GPU; a user's own setting wins.
         os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
-        devices, used = (_start_jax if backend == "jax" else _start_tensorflow)(device, keras_loaded)
+        if backend == "jax":
+            devices, used = _start_jax(device, keras_loaded, cpu_devices, cluster)
+        else:
+            devices, used = _start_tensorflow(device, cpu_devices)
     except ImportError as err:
         raise InputError("backend", f"{backend} is not installed ({err}); "
                                     f"pip install 'mnist-multibackend'") from None
@@ -97,15 +141,35 @@ def _no_gpu(backend: str, seen) -> InputError:
                                       f"pip install 'mnist-multibackend[{GPU_EXTRAS[backend]}]'")
 
 
-def _start_jax(device: str, keras_loaded: bool):
+def _start_jax(device: str, keras_loaded: bool, cpu_devices: int | None, cluster: Cluster | None):
     if device == "cpu" and not keras_loaded:
         # Skip probing for CUDA/TPU plugins at all; later JAX calls then see only the CPU.
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
+    if cpu_devices is not None:
+        try:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
+        except RuntimeError:  # JAX already initialised in this process
+            if jax.local_device_count("cpu") != cpu_devices:
+                raise InputError("--cpu-devices", f"JAX is already running with {jax.local_device_count('cpu')} "
+                                                  f"CPU device(s) in this process; start a new process") from None
+    if cluster is not None:
+        import keras
+
+        try:
+            # Keras's wrapper of jax.distributed.initialize also agrees on one
+            # random seed across processes, so replicas start from the same weights.
+            keras.distribution.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id)
+        except RuntimeError as err:
+            raise InputError("--coordinator", f"cannot join the JAX cluster ({str(err).splitlines()[0]})") from None
+    # Local devices: in a multi-process run the others belong to other processes.
     if device == "cpu":
-        return [str(d) for d in jax.devices("cpu")], "cpu"
-    default = jax.devices()
+        cpus = jax.local_devices(backend="cpu")
+        if jax.default_backend() != "cpu":  # JAX_PLATFORMS came too late: JAX was already running on a GPU
+            jax.config.update("jax_default_device", cpus[0])
+        return [str(d) for d in cpus], "cpu"
+    default = jax.local_devices()
     if default[0].platform == "gpu":
         return [str(d) for d in default], "gpu"
     if device == "gpu":
@@ -113,18 +177,33 @@ def _start_jax(device: str, keras_loaded: bool):
     return [str(d) for d in default], "cpu"
 
 
-def _start_tensorflow(device: str, keras_loaded: bool):
+def _start_tensorflow(device: str, cpu_devices: int | None):
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         raise _no_gpu("tensorflow", [d.name for d in tf.config.list_physical_devices()])
-    if gpus and device == "cpu" and not keras_loaded:
-        # Must happen before TensorFlow creates its first tensor.
-        tf.config.set_visible_devices([], "GPU")
+    if gpus and device == "cpu" and tf.config.get_visible_devices("GPU"):
+        try:  # possible only before TensorFlow creates its first tensor
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            raise InputError("--device cpu", "TensorFlow is already running on the GPU in this process; "
+                                             "start a new process") from None
     if gpus and device != "cpu":
         return [d.name for d in gpus], "gpu"
-    return [d.name for d in tf.config.list_physical_devices("CPU")], "cpu"
+    if cpu_devices is None:
+        return [d.name for d in tf.config.list_physical_devices("CPU")], "cpu"
+    host = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(host, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+    except RuntimeError:  # TensorFlow's context already initialised in this process
+        configured = len(tf.config.get_logical_device_configuration(host) or [None])
+        if configured != cpu_devices:
+            raise InputError("--cpu-devices", f"TensorFlow is already running with {configured} CPU device(s) "
+                                              f"in this process; start a new process") from None
+    # Named without listing the logical devices: that would initialise TensorFlow's
+    # context, after which a MultiWorkerMirroredStrategy can no longer be created.
+    return [f"/device:CPU:{i}" for i in range(cpu_devices)], "cpu"
 
 
 def _backend_version(backend: str) -> str:

@@ -22,8 +22,9 @@ import numpy as np
 
 from . import data, legacy
 from .atomic import atomic_path, write_text
+from .distribute import Replicas, data_parallel
 from .errors import InputError
-from .model import LEARNING_RATE, build_model, compile_model, load_saved_model
+from .model import LEARNING_RATE, compile_model, load_saved_model
 from .runtime import Runtime, machine, make_deterministic
 
 EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
@@ -42,6 +43,7 @@ class TrainConfig:
     out: str = "runs/latest"
     validate: bool = True  # score the test set after each epoch, as the original did
     legacy_artifacts: bool = False  # also write the original's Keras 2 files (see legacy.write_legacy_artifacts)
+    distribute: bool = False  # data-parallel over every visible device of the run's kind (see distribute.py)
 
     def check(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -81,25 +83,34 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
-    """Train the model as ``config`` says, write the run folder, and return its metrics."""
+    """Train the model as ``config`` says, write the run folder, and return its metrics.
+
+    In a multi-process run every process trains and returns the metrics; only
+    process 0 writes the run folder.
+    """
     config.check()
     if config.seed is not None:
         make_deterministic(config.seed, runtime.backend)
+    replicas = data_parallel(runtime) if config.distribute else Replicas()
     dataset = data.load_dataset(config.data).limit(config.limit)
     x_train, y_train = data.as_model_input(dataset.x_train), data.one_hot(dataset.y_train)
     x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
+    x_train, y_train, batch_size = replicas.local_share(x_train, y_train, config.batch_size)
+    x_val, y_val, _ = replicas.local_share(x_test, y_test, config.batch_size)
 
-    model = compile_model(build_model(), config.learning_rate)
+    model = replicas.build_model(config.learning_rate)
     timer = EpochTimer()
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-                        validation_data=(x_test, y_test) if config.validate else None,
-                        callbacks=[timer, *callbacks], verbose=1)
+    with replicas.scope():
+        history = model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
+                            validation_data=(x_val, y_val) if config.validate else None,
+                            callbacks=[timer, *replicas.callbacks, *callbacks], verbose=1)
     wall_seconds = time.perf_counter() - started
+    model = replicas.single_device_copy(model, config.learning_rate)
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
 
     train_seconds = sum(timer.seconds)
-    images = len(x_train)
+    images = len(x_train) * replicas.data_shards  # over all processes
     metrics = {
         **runtime.as_dict(),
         "machine": machine(),
@@ -108,7 +119,9 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "train_images": images,
         "test_images": len(x_test),
         "epochs": config.epochs,
-        "batch_size": config.batch_size,
+        "batch_size": config.batch_size,  # global: split across the replicas
+        "replicas": replicas.count,
+        "processes": replicas.processes,
         "learning_rate": config.learning_rate,
         "seed": config.seed,
         "train_seconds": round(train_seconds, 3),
@@ -121,10 +134,11 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
     }
-    write_run(Path(config.out), model, history.history, timer.seconds, metrics)
-    if config.legacy_artifacts:
-        legacy.write_legacy_artifacts(model, config.out)
-    return metrics
+    if replicas.is_chief:
+        write_run(Path(config.out), model, history.history, timer.seconds, metrics)
+        if config.legacy_artifacts:
+            legacy.write_legacy_artifacts(model, config.out)
+    return {**metrics, "process_index": replicas.process_index}
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:
