@@ -280,17 +280,20 @@ def _parse_lines(path, buf: np.ndarray, first_line: int, max_value: int) -> np.n
     return values.astype(np.uint8).reshape(len(per_line), int(per_line[0]))
 
 
-def read_csv(path, labelled: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def read_csv(path, labelled: bool | None = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read the original CSV format: returns ``(images, labels)``.
 
     With ``labelled=False`` the file has only the 784 pixels per line and
-    ``labels`` is ``None``.
+    ``labels`` is ``None``; with ``labelled=None`` the number of values per
+    line decides (785: a label first, 784: pixels only).
     """
     table = parse_csv_table(path, read_file_bytes(path))
-    expected = PIXELS + (1 if labelled else 0)
-    if table.shape[1] != expected:
-        raise InputError(path, f"{table.shape[1]} values per line, expected {expected} "
-                               f"({'a label and ' if labelled else ''}{PIXELS} pixels)")
+    if labelled is None and table.shape[1] in (PIXELS, PIXELS + 1):
+        labelled = table.shape[1] == PIXELS + 1
+    expected = {True: f"{PIXELS + 1} (a label and {PIXELS} pixels)", False: f"{PIXELS} (the pixels)",
+                None: f"{PIXELS + 1} (a label and {PIXELS} pixels) or {PIXELS} (the pixels only)"}[labelled]
+    if table.shape[1] != PIXELS + (1 if labelled else 0):
+        raise InputError(path, f"{table.shape[1]} values per line, expected {expected}")
     if not labelled:
         return table.reshape(-1, *IMAGE_SHAPE), None
     labels = np.ascontiguousarray(table[:, 0])
