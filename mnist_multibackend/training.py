@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import hashlib
 import io
 import json
 import time
@@ -44,8 +45,15 @@ class TrainConfig:
     validate: bool = True  # score the test set after each epoch, as the original did
     legacy_artifacts: bool = False  # also write the original's Keras 2 files (see legacy.write_legacy_artifacts)
     distribute: bool = False  # data-parallel over every visible device of the run's kind (see distribute.py)
+    checkpoint_dir: str | None = None  # save the training state here at every epoch end
+    resume: bool = False  # continue from the state in checkpoint_dir
 
     def check(self) -> None:
+        if self.resume and not self.checkpoint_dir:
+            raise InputError("--resume", "needs --checkpoint-dir DIR, the folder the interrupted run saved its state in")
+        if self.checkpoint_dir and self.distribute:
+            raise InputError("--checkpoint-dir", "not supported with --distribute yet: the checkpoint is written "
+                                                 "and restored by a single process")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}", f"must be at least 1. Received: {getattr(self, name)}")
@@ -100,6 +108,13 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
 
     model = replicas.build_model(config.learning_rate)
     timer = EpochTimer()
+    checkpoint = None
+    if config.checkpoint_dir:
+        from .checkpoint import TrainingCheckpoint
+
+        checkpoint = TrainingCheckpoint(config.checkpoint_dir, _resumable_settings(config, dataset), timer.seconds)
+        checkpoint.resolve(config.resume)
+        callbacks = [checkpoint, *callbacks]  # after the timer: it reads the epoch's seconds
     started = time.perf_counter()
     with replicas.scope():
         history = model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
@@ -107,9 +122,12 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
                             callbacks=[timer, *replicas.callbacks, *callbacks], verbose=1)
     wall_seconds = time.perf_counter() - started
     model = replicas.single_device_copy(model, config.learning_rate)
+    logs, epoch_seconds = history.history, timer.seconds
+    if checkpoint:  # every epoch, those of the interrupted process included
+        logs, epoch_seconds = checkpoint.history, checkpoint.epoch_seconds
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
 
-    train_seconds = sum(timer.seconds)
+    train_seconds = sum(epoch_seconds)
     images = len(x_train) * replicas.data_shards  # over all processes
     metrics = {
         **runtime.as_dict(),
@@ -127,18 +145,31 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "train_seconds": round(train_seconds, 3),
         "train_images_per_second": round(images * config.epochs / train_seconds, 1),
         # The first epoch includes tracing and compilation; the rest is the steady state.
-        "first_epoch_seconds": round(timer.seconds[0], 3),
-        "steady_images_per_second": (round(images * (config.epochs - 1) / sum(timer.seconds[1:]), 1)
+        "first_epoch_seconds": round(epoch_seconds[0], 3),
+        "steady_images_per_second": (round(images * (config.epochs - 1) / sum(epoch_seconds[1:]), 1)
                                      if config.epochs > 1 else None),
         "wall_seconds": round(wall_seconds, 3),
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
     }
+    if checkpoint:
+        metrics["resumed_after_epoch"] = checkpoint.resumed_after_epoch
     if replicas.is_chief:
-        write_run(Path(config.out), model, history.history, timer.seconds, metrics)
+        write_run(Path(config.out), model, logs, epoch_seconds, metrics)
         if config.legacy_artifacts:
             legacy.write_legacy_artifacts(model, config.out)
+    if checkpoint:
+        checkpoint.remove()  # the run folder is complete: nothing is left to resume
     return {**metrics, "process_index": replicas.process_index}
+
+
+def _resumable_settings(config: TrainConfig, dataset: data.Dataset) -> dict:
+    """What a resumed run must share with the interrupted one (the data by content, not by path)."""
+    digest = hashlib.sha256(dataset.x_train.tobytes())
+    digest.update(dataset.y_train.tobytes())
+    return {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+            "seed": config.seed, "validate": config.validate, "train_images": len(dataset.x_train),
+            "train_data_sha256": digest.hexdigest()[:16]}
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:
