@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--legacy-artifacts", action="store_true",
                        help="also write the original's Keras 2 files MNIST_keras_CNN.h5, MNIST_keras_CNN.yaml "
                             "and MNIST_keras_w_CNN.h5 beside model.keras")
+    train.add_argument("--checkpoint-dir", help="save the training state here at every epoch end")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run whose state is in --checkpoint-dir")
+    train.add_argument("--report", action="store_true", help="also write the report (see: report) into OUT/report")
     parallel = train.add_argument_group("data-parallel training (see the README)")
     parallel.add_argument("--distribute", action="store_true",
                           help="one model replica per visible device of the chosen kind, the global "
@@ -99,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=_int_list, help="comma-separated (default: 32,128,512; --quick: 128)")
     bench.add_argument("--backends", type=_backend_list, default=BACKENDS,
                        help=f"comma-separated (default: {','.join(BACKENDS)})")
+
+    predict = commands.add_parser("predict", help="classify digits: image files, CSV rows, IDX or .npy files")
+    _add_runtime_flags(predict)
+    predict.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="PNG/JPEG image of one digit (any size); CSV in the original format (label "
+                              "column optional); IDX file; .npy array of 28x28 images")
+    predict.add_argument("--json", action="store_true", help="one JSON object a line, with all ten probabilities")
+    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                         help="make image files light-on-dark like MNIST; auto: when the border is light "
+                              "(default: auto)")
+
+    report = commands.add_parser("report", help="draw training curves, the confusion matrix and the "
+                                                "misclassified test digits (PNG)")
+    _add_runtime_flags(report)
+    report.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder (from train) or a model file")
+    report.add_argument("--data", help="as for train: whose test set to score")
+    report.add_argument("--out", help="folder to write (default: RUN_DIR/report, or report/ beside the model)")
     return parser
 
 
@@ -154,7 +176,8 @@ def run_train(args) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
                          data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
-                         legacy_artifacts=args.legacy_artifacts)
+                         legacy_artifacts=args.legacy_artifacts, checkpoint_dir=args.checkpoint_dir,
+                         resume=args.resume)
     metrics = train(config, runtime)
     where = f"{runtime.backend}/{runtime.device}" + (f" x{metrics['replicas']}" if config.distribute else "")
     if metrics["processes"] > 1:
@@ -164,6 +187,10 @@ def run_train(args) -> int:
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
           f"{metrics['train_images_per_second']:.0f} training images/s on {where}; {written}"
           + (" and the Keras 2 files" if config.legacy_artifacts and metrics["process_index"] == 0 else ""))
+    if args.report and metrics["process_index"] == 0:
+        from .report import write_report
+
+        _print_report(write_report(config.out, config.data))
     return 0
 
 
@@ -210,8 +237,36 @@ def run_bench(args) -> int:
     return 1 if any(row["status"] == "error" for row in results["rows"]) else 0
 
 
+def run_predict(args) -> int:
+    from .predict import format_predictions, load_inputs
+
+    images, names = load_inputs(args.inputs, args.invert)  # every input is checked before a backend starts
+    _start(args)
+    from .model import load_saved_model
+    from .predict import check_classifier, predict_digits
+
+    model = load_saved_model(args.model)
+    check_classifier(model, args.model)
+    for line in format_predictions(names, predict_digits(model, images), as_json=args.json):
+        print(line)
+    return 0
+
+
+def run_report(args) -> int:
+    _start(args)
+    from .report import write_report
+
+    _print_report(write_report(args.target, args.data, args.out))
+    return 0
+
+
+def _print_report(summary: dict) -> None:
+    print(f"accuracy {summary['accuracy']:.4f} on {summary['test_images']} test digits, "
+          f"{summary['mistakes']} misclassified; wrote {', '.join(summary['files'])}")
+
+
 COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy,
-            "bench": run_bench}
+            "bench": run_bench, "predict": run_predict, "report": run_report}
 
 
 def main(argv=None) -> int:
@@ -220,6 +275,10 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except InputError as err:
         print(f"mnist-mb: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # e.g. an --out folder that cannot be written: the user's to fix, so one line
+        where = err.filename or "file system"
+        print(f"mnist-mb: error: {where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
