@@ -11,6 +11,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -31,6 +33,9 @@ def atomic_path(final):
     private mode of a temporary file.
     """
     final = Path(final)
+    for folder in (final.parent, *final.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(folder, f"is a file, not a folder, so {final} cannot be written")
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{''.join(final.suffixes)}",
                                dir=final.parent)

@@ -165,7 +165,7 @@ def _random_state(model: keras.Model) -> dict:
     name, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
     return {"python": [version, list(mersenne), gauss],
             "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached_gauss)],
-            "seed_generators": [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(model)]}
+            "seed_generators": [keras.ops.convert_to_numpy(v.value).tolist() for v in _seed_states(model)]}
 
 
 def _set_random_state(model: keras.Model, state: dict, source: Path) -> None:
