@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(report)
     report.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder (from train) or a model file")
     report.add_argument("--data", help="as for train: whose test set to score")
-    report.add_argument("--out", help="folder to write (default: RUN_DIR/report, or report/ beside the model)")
+    report.add_argument("--out", help="folder to write (default: RUN_DIR/report; for a model file outside "
+                                      "a run folder, ./MODEL-report)")
     return parser
 
 

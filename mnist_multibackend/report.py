@@ -32,19 +32,24 @@ DPI = 100
 
 
 def locate(target) -> tuple[Path, Path | None, Path]:
-    """A run folder or a model file -> ``(model, history.csv or None, default output folder)``."""
+    """A run folder or a model file -> ``(model, history.csv or None, default output folder)``.
+
+    A run folder (or a model file beside a ``history.csv``) gets ``RUN/report``;
+    any other model file ``STEM-report`` in the current folder, so that a report
+    never lands among someone's reference models.
+    """
     target = Path(target)
     if not target.exists():
         raise InputError(target, "no such file or directory")
     if target.is_dir():
-        model = target / "model.keras"
+        model, run = target / "model.keras", target
         if not model.is_file():
             raise InputError(target, "not a run folder: it has no model.keras")
-        folder = target
     else:
-        model, folder = target, target.parent
-    history = folder / "history.csv"
-    return model, (history if history.is_file() else None), folder / "report"
+        model, run = target, target.parent if (target.parent / "history.csv").is_file() else None
+    history = run / "history.csv" if run else None
+    return model, (history if history and history.is_file() else None), (run / "report" if run
+                                                                            else Path(f"{model.stem}-report"))
 
 
 def read_history(path) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,13 @@ def test_report_default_folder_is_inside_the_run(trained_run, mnist_dir, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (run / "report").iterdir()) == sorted(
         [report.CURVES_FILE, report.CONFUSION_FILE, report.CONFUSION_CSV, report.MISTAKES_FILE])
+
+
+def test_a_model_outside_a_run_reports_into_the_current_folder(tmp_path):
+    model = tmp_path / "reference-models" / "mine.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"")  # where the report goes is decided before the model is read
+    assert report.locate(model) == (model, None, Path("mine-report"))
 
 
 def test_history_is_read_and_checked(tmp_path):
