@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_history_is_read_and_checked(tmp_path):
                           ("epoch,loss\n1,abc\n", "line 2: loss 'abc' is not a number"),
                           ("epoch,loss\n1,0.5,7\n", "line 2 has 3 values, the header has 2")]:
         path.write_text(text)
-        with pytest.raises(InputError, match=problem):
+        with pytest.raises(InputError, match=re.escape(problem)):
             report.read_history(path)
 
 
