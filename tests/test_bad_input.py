@@ -131,7 +131,9 @@ BAD_INPUT = [
          {"ck/checkpoint.json": b'{"epoch": 1, "weigh'}, ("checkpoint.json", "not a readable checkpoint")),
     Case("an output folder that is a file", ("convert", "{tmp}/images", "{tmp}/labels", "-o", "{tmp}/images/out.csv"),
          {"images": IMAGES, "labels": LABELS}, ("images", "is a file, not a folder")),
-    # TODO (legacy.py, not on main yet): a YAML file with a !!python/object tag.
+    Case("an output folder that cannot be made", ("convert", "{tmp}/images", "{tmp}/labels", "-o",
+                                                   "/proc/mnist-mb/out.csv"),
+         {"images": IMAGES, "labels": LABELS}, ("/proc/mnist-mb", "No such file or directory")),
 ]
 
 

@@ -113,4 +113,5 @@ def test_the_resumed_run_repeats_the_uninterrupted_one(resumed_run, mnist_dir):
     assert losses[0] == losses[1]
     models = [keras.saving.load_model(run / "model.keras") for run in (reference, resumed_run["out"])]
     for a, b in zip(models[0].weights, models[1].weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value),
+                                      err_msg=a.path)
