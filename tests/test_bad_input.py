@@ -62,8 +62,9 @@ TRAIN = ("train", "--data", "{mnist}", "--limit", "64", "--epochs", "1", "--out"
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    args: tuple  # the command line; {tmp} is the case's folder, {model} a trained model, {mnist} MNIST
-    files: dict  # what the case's folder holds: name -> bytes, FOLDER or MODEL
+    args: tuple  # the command line; {tmp}: the case's folder, {model}: a trained model, {mnist}: MNIST,
+    #              {seed}: the original's Keras 2 files
+    files: dict  # what the case's folder holds: name -> bytes, text (formatted like args), FOLDER or MODEL
     expect: tuple  # fragments of the one error line; the first names the file
 
 
@@ -111,6 +112,15 @@ BAD_INPUT = [
     Case("a model that is not a model (predict)", ("predict", "{tmp}/model.keras", "{tmp}/digit.png"),
          {"model.keras": b"PK\x03\x04 not really a zip", "digit.png": _png(DIGIT)},
          ("model.keras", "not a loadable Keras model")),
+    Case("a Keras 2 .h5 that is not HDF5", ("predict", "{tmp}/model.h5", "{tmp}/digit.png"),
+         {"model.h5": b"\x89HDF\r\n\x1a\n" + b"\0" * 50, "digit.png": _png(DIGIT)},
+         ("model.h5", "not an HDF5 file")),
+    Case("a weights-only .h5 as a model", ("evaluate", "{seed}/MNIST_keras_w_CNN.h5", "--data", "{mnist}"), {},
+         ("MNIST_keras_w_CNN.h5", "holds weights only")),
+    Case("a YAML file with a python/object tag",
+         ("legacy", "import", "{tmp}/model.yaml", "--weights", "{seed}/MNIST_keras_w_CNN.h5", "--out", "{tmp}/m.keras"),
+         {"model.yaml": "class_name: Model\nconfig: !!python/object/apply:os.system ['touch {tmp}/pwned']\n"},
+         ("model.yaml", "refused YAML tag 'tag:yaml.org,2002:python/object/apply:os.system'", "nothing in the file was run")),
     Case("a model that is not a model (evaluate)", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
          {"model.keras": b"\0" * 100}, ("model.keras", "not a loadable Keras model")),
     Case("a model that is not a model (report)", ("report", "{tmp}/model.keras", "--data", "{mnist}"),
@@ -142,8 +152,10 @@ def _snapshot(folder):
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[case.name for case in BAD_INPUT])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, trained_run, mnist_dir):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, trained_run, mnist_dir, request):
     model = trained_run[0] / "model.keras"
+    seed = request.getfixturevalue("seed_dir") if "{seed}" in "".join(map(str, case.args)) else None
+    places = {"tmp": tmp_path, "model": model, "mnist": mnist_dir, "seed": seed}
     for name, content in case.files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,10 +163,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, trained
             path.mkdir()
         elif content == MODEL:
             shutil.copy(model, path)
+        elif isinstance(content, str):
+            path.write_text(content.format(**places))
         else:
             path.write_bytes(content)
     before = _snapshot(tmp_path)
-    args = [str(a).format(tmp=tmp_path, model=model, mnist=mnist_dir) for a in case.args]
+    args = [str(a).format(**places) for a in case.args]
     result = cli(*args)
     assert_clean_error(result, *case.expect)
     assert result.stdout == ""

@@ -178,3 +178,12 @@ def test_predict_csv_with_and_without_labels(trained_run, mnist, tmp_path):
     assert [name for name, _, _ in rows] == [f"{tmp_path / f}:{i}" for f in ("rows.csv", "pixels.csv")
                                             for i in range(1, 6)]
     assert [d for _, d, _ in rows[:5]] == [d for _, d, _ in rows[5:]]
+
+
+def test_the_original_keras2_model_reads_the_pictures_too(seed_dir, digit_pictures):
+    """The 2017 model (99.25 %), opened from its Keras 2 .h5 file by the same loader."""
+    result = cli("predict", seed_dir / "MNIST_keras_CNN.h5", *digit_pictures, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["digit"] for r in records] == list(digit_pictures.values())
+    assert all(r["probability"] > 0.9 for r in records)
