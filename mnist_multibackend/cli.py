@@ -36,7 +36,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-mb", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="mnist-mb", description="Train, evaluate, benchmark and use the "
+                                     "2017 MNIST CNN on TensorFlow or JAX; read and write its Keras 2 files.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -86,7 +86,6 @@ def test_resume_continues_after_the_last_completed_epoch(resumed_run):
 
 
 def test_the_resumed_model_is_valid_and_reported(resumed_run, mnist):
-    import keras
 
     from mnist_multibackend.model import load_saved_model
     from mnist_multibackend.predict import predict_digits
