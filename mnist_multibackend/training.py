@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from . import data, legacy
 from .atomic import atomic_path, write_text
@@ -203,8 +202,3 @@ def evaluate(model_path, data_path=None, runtime: Runtime | None = None) -> dict
     return {"model": str(model_path), "accuracy": float(accuracy), "loss": float(loss),
             "test_images": len(x_test), "backend": keras.backend.backend(),
             **({"device": runtime.device} if runtime else {})}
-
-
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """``uint8 (n, 28, 28)`` images -> ``float32 (n, 10)`` class probabilities."""
-    return np.asarray(model.predict(data.as_model_input(images), batch_size=batch_size, verbose=0))

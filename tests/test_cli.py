@@ -47,9 +47,9 @@ PREDICT_SNIPPET = textwrap.dedent("""
     import sys, numpy as np
     from mnist_multibackend.runtime import start
     start(device="cpu")
-    from mnist_multibackend import data, model, training
+    from mnist_multibackend import data, model, predict
     images = data.load_folder(sys.argv[2]).x_test
-    np.save(sys.argv[3], training.predict_probabilities(model.load_saved_model(sys.argv[1]), images))
+    np.save(sys.argv[3], predict.predict_digits(model.load_saved_model(sys.argv[1]), images))
 """)
 
 
@@ -59,10 +59,10 @@ def test_model_trained_here_predicts_the_same_on_the_other_backend(trained_run, 
     import sys
 
     from mnist_multibackend.model import load_saved_model
-    from mnist_multibackend.training import predict_probabilities
+    from mnist_multibackend.predict import predict_digits
 
     out, _ = trained_run
-    here = predict_probabilities(load_saved_model(out / "model.keras"), mnist.x_test)
+    here = predict_digits(load_saved_model(out / "model.keras"), mnist.x_test)
     env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND}
     done = subprocess.run([sys.executable, "-c", PREDICT_SNIPPET, out / "model.keras", mnist_dir,
                            tmp_path / "there.npy"], env=env, capture_output=True, text=True, timeout=600)
