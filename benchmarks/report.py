@@ -67,6 +67,18 @@ def markdown(results: dict) -> str:
     unavailable = [r for r in results["rows"] if r["status"] != "ok"]
     if unavailable:
         parts += [*(f"- {r['backend']} {r['device']}: {r['status']}: {r.get('reason', '')}" for r in unavailable), ""]
+    scaled = [r for r in results["rows"] if "scaling_efficiency" in r]
+    if scaled:
+        parts += ["## Data-parallel scaling (Keras training)", "",
+                  "Speed-up: images/s with the replicas over one device's, same backend, device and global batch; "
+                  "efficiency: speed-up over the replica count. Logical CPU devices share the same cores, so "
+                  "on a CPU this shows the engine's overhead, not a speed-up.", "",
+                  "| backend | device | replicas | batch | images/s | one device | speed-up | efficiency |",
+                  "|---|---|---|---|---|---|---|---|"]
+        parts += [f"| {r['backend']} | {r['device']} | {r['replicas']} | {r['batch_size']} | "
+                  f"{r['images_per_second']:,.0f} | {r['images_per_second'] / r['speedup']:,.0f} | "
+                  f"{r['speedup']:.2f}x | {r['scaling_efficiency']:.2f} |" for r in scaled]
+        parts += [""]
     parts += ["## Dense fp32 matmul peak (2048 x 2048)", "", "| backend | device | GFLOP/s (best window) | median |",
               "|---|---|---|---|"]
     parts += [f"| {p['backend']} | {p['device']} | {p['gflops']:.0f} | {p['median_gflops']:.0f} |"

@@ -28,10 +28,12 @@ from .throughput import unavailable_row
 DEVICES = ("cpu", "gpu")
 ERROR_PREFIX = "mnist-mb: error: "
 # Full: the matrix the README shows. Quick: the same schema in about 90 s (the test suite runs it).
+# Replica counts on the CPU: 2 logical devices share the same cores, so their efficiency shows
+# the data-parallel engine's overhead, not a speed-up; on GPUs, every visible GPU is added.
 FULL = {"batch_sizes": (32, 128, 512), "windows": 5, "window_seconds": 1.5, "datapath_images": None,
-        "datapath_repeats": 3}
+        "datapath_repeats": 3, "cpu_replicas": (2,)}
 QUICK = {"batch_sizes": (128,), "windows": 5, "window_seconds": 0.25, "datapath_images": 2000,
-         "datapath_repeats": 1}
+         "datapath_repeats": 1, "cpu_replicas": ()}
 
 
 @dataclasses.dataclass
@@ -63,9 +65,15 @@ def run_benchmarks(config: BenchConfig) -> dict:
     settings = config.settings()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    # Rows carry "replicas" (1 here): data-parallel counts would be one more loop over workers.
-    workers = [run_worker(backend, device, settings, config.data)
-               for backend in config.backends for device in config.devices]
+    workers = []
+    for backend in config.backends:
+        for device in config.devices:
+            single = run_worker(backend, device, settings, config.data)
+            workers.append(single)
+            if single["status"] != "ok":
+                continue
+            counts = settings["cpu_replicas"] if device == "cpu" else [len(single["runtime"]["devices"])]
+            workers += [run_worker(backend, device, settings, config.data, replicas=n) for n in counts if n > 1]
 
     _log("data path: IDX -> CSV and CSV loading")
     dataset = data.load_dataset(config.data, download=False)  # a worker has downloaded it if it had to
@@ -89,7 +97,7 @@ def run_benchmarks(config: BenchConfig) -> dict:
         "windows": settings["windows"],
         "window_seconds": settings["window_seconds"],
         "peaks": peaks,
-        "rows": against_device_peak([row for w in workers for row in w["rows"]], peaks),
+        "rows": scaling_efficiency(against_device_peak([row for w in workers for row in w["rows"]], peaks)),
         "data_path": data_path,
     }
     report.write_all(results, Path(config.out))
@@ -113,14 +121,28 @@ def against_device_peak(rows: list[dict], peaks: list[dict]) -> list[dict]:
     return rows
 
 
-def run_worker(backend: str, device: str, settings: dict, data_path: str | None) -> dict:
+def scaling_efficiency(rows: list[dict]) -> list[dict]:
+    """Set ``speedup`` and ``scaling_efficiency`` (speed-up over the replica count) on data-parallel rows,
+    against the one-device Keras training row of the same backend, device and global batch."""
+    single = {(r["backend"], r["device"], r["batch_size"]): r["images_per_second"] for r in rows
+              if r["status"] == "ok" and r["replicas"] == 1 and r["impl"] == "keras" and r["mode"] == "train"}
+    for row in rows:
+        base = single.get((row["backend"], row["device"], row["batch_size"]))
+        if row["status"] == "ok" and row["replicas"] > 1 and base:
+            row["speedup"] = row["images_per_second"] / base
+            row["scaling_efficiency"] = row["speedup"] / row["replicas"]
+    return rows
+
+
+def run_worker(backend: str, device: str, settings: dict, data_path: str | None, replicas: int = 1) -> dict:
     """One ``python -m benchmarks.throughput`` process; its JSON answer, or an ``error`` row if it failed."""
     command = [sys.executable, "-m", "benchmarks.throughput", "--backend", backend, "--device", device,
                "--batch-sizes", ",".join(map(str, settings["batch_sizes"])),
-               "--windows", str(settings["windows"]), "--window-seconds", str(settings["window_seconds"])]
+               "--windows", str(settings["windows"]), "--window-seconds", str(settings["window_seconds"]),
+               "--replicas", str(replicas)]
     if data_path:
         command += ["--data", str(data_path)]
-    _log(f"{backend} on {device}: starting a fresh process")
+    _log(f"{backend} on {device}" + (f" x{replicas}" if replicas > 1 else "") + ": starting a fresh process")
     error_line = None
     with tempfile.TemporaryFile("w+") as answer:
         with subprocess.Popen(command, stdout=answer, stderr=subprocess.PIPE, text=True, env=_worker_env()) as worker:
@@ -136,7 +158,7 @@ def run_worker(backend: str, device: str, settings: dict, data_path: str | None)
         raise InputError(subject, problem)
     if worker.returncode != 0 or not lines:
         reason = f"the worker exited with status {worker.returncode}; its error output is above"
-        target = {"backend": backend, "device": device, "replicas": 1, "status": "error", "reason": reason}
+        target = {"backend": backend, "device": device, "replicas": replicas, "status": "error", "reason": reason}
         return {**target, "rows": [unavailable_row(**target)]}
     return json.loads(lines[-1])
 

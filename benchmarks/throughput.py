@@ -25,7 +25,6 @@ import numpy as np
 from mnist_multibackend.errors import InputError
 from mnist_multibackend.runtime import BACKENDS, machine, start
 
-REPLICAS = 1  # one device per process; data-parallel replicas would add rows with other counts
 MAX_IMAGES = 60000  # the whole training split at most: windows never repeat an image within themselves
 PEAK_WINDOWS_BETWEEN = 2  # matmul windows after each batch size, besides the first --windows ones
 DATA_NOTE = ("real MNIST training images (data.load_dataset), scaled to [0, 1] as in training; "
@@ -40,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=5, help="timed windows per row; the median counts")
     parser.add_argument("--window-seconds", type=float, default=1.5, help="target length of one window")
     parser.add_argument("--data", help="MNIST location, as for mnist-mb train")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="data-parallel replicas (on cpu: that many logical CPU devices); above 1, "
+                             "only Keras training is measured")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     return args
@@ -59,9 +61,14 @@ def main(argv=None) -> int:
 
 
 def run(args) -> dict:
-    target = {"backend": args.backend, "device": args.device, "replicas": REPLICAS}
+    target = {"backend": args.backend, "device": args.device, "replicas": args.replicas}
     try:
-        runtime = start(args.backend, args.device)
+        # The device count is fixed when the backend starts: logical CPU devices are made here.
+        cpu_devices = args.replicas if args.replicas > 1 and args.device == "cpu" else None
+        runtime = start(args.backend, args.device, cpu_devices=cpu_devices)
+        if len(runtime.devices) < args.replicas:
+            raise InputError("--replicas", f"{args.replicas} replicas need {args.replicas} {args.device} devices; "
+                                           f"the {args.backend} backend sees {len(runtime.devices)}")
     except InputError as err:
         return {**target, "status": "unavailable", "reason": str(err), "machine": _host(),
                 "rows": [unavailable_row(**target, status="unavailable", reason=str(err), machine=_host())]}
@@ -85,8 +92,9 @@ def run(args) -> dict:
     _log(f"dense fp32 matmul: {max(matmul.rates):.0f} GFLOP/s in the best window so far")
 
     rows = []
+    measure_rows = measure_batch_size if args.replicas == 1 else measure_data_parallel
     for batch_size in args.batch_sizes:
-        for measured in measure_batch_size(args, runtime, x, y, batch_size):
+        for measured in measure_rows(args, runtime, x, y, batch_size):
             gflops = measured["images_per_second"] * cost["train" if measured["mode"] == "train" else "forward"] / 1e9
             rows.append({**target, "batch_size": batch_size, **measured, "status": "ok", "gflops": gflops,
                          "machine": host})
@@ -158,6 +166,37 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
         rows.append({**_row("raw", mode, measured["raw"]), "framework": trainer.framework,
                      "max_abs_diff_vs_keras": difference})
     return rows
+
+
+def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
+    """Keras training data-parallel over ``args.replicas`` devices, the global batch split across them.
+
+    There is no raw reference here (it runs on one device); the scaling efficiency against the
+    one-device Keras row is added by ``run.py``, which sees both workers' rows.
+    """
+    import keras
+
+    from mnist_multibackend.distribute import data_parallel
+    from mnist_multibackend.training import EpochTimer
+
+    from .timing import measure
+
+    replicas = data_parallel(runtime, args.replicas)
+    model = replicas.build_model()
+    x_local, y_local, local_batch = replicas.local_share(x, y, batch_size)
+
+    def keras_train(steps: int) -> float:
+        timer = EpochTimer()
+        with replicas.scope():
+            model.fit(x_local[:steps * local_batch], y_local[:steps * local_batch], batch_size=local_batch,
+                      epochs=1, shuffle=False, verbose=0, callbacks=[timer, *replicas.callbacks])
+        return timer.seconds[0]
+
+    train = measure({"keras": keras_train}, batch_size=batch_size, max_steps=len(x_local) // local_batch,
+                    window_seconds=args.window_seconds, windows=args.windows)
+    engine = type(replicas.engine).__name__
+    return [{**_row("keras", "train", train["keras"]),
+             "framework": f"keras {keras.__version__}: model.fit, {replicas.count} replicas ({engine})"}]
 
 
 def _raw_class(backend: str):

@@ -133,3 +133,38 @@ def test_bench_without_data_is_one_clean_error(tmp_path):
 def test_bench_rejects_a_bad_batch_size(tmp_path):
     result = cli("bench", "--batch-sizes", "128,0", "--out", tmp_path)
     assert result.returncode == 2 and "must be at least 1" in result.stderr
+
+
+def test_data_parallel_worker_measures_two_replicas(mnist_dir):
+    """The replica axis: a worker with two logical CPU devices trains on the backend's own engine."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.run import _worker_env
+
+    done = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--backend", BACKEND, "--device", "cpu",
+                           "--replicas", "2", "--batch-sizes", "64", "--windows", "2", "--window-seconds", "0.2",
+                           "--data", str(mnist_dir)], capture_output=True, text=True, timeout=600,
+                          env={**_worker_env(), "MNIST_DATA_DIR": os.environ.get("MNIST_DATA_DIR", "")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout)
+    assert answer["status"] == "ok" and len(answer["runtime"]["devices"]) == 2
+    [row] = answer["rows"]
+    assert ROW_KEYS - {"pct_of_peak"} <= row.keys()
+    assert (row["replicas"], row["impl"], row["mode"], row["batch_size"]) == (2, "keras", "train", 64)
+    assert row["images_per_second"] > 0 and row["gflops"] > 0
+    engine = {"jax": "DataParallel", "tensorflow": "MirroredStrategy"}[BACKEND]
+    assert f"2 replicas ({engine})" in row["framework"]
+
+
+def test_scaling_efficiency_is_speedup_over_replicas():
+    from benchmarks.run import scaling_efficiency
+
+    one = {"backend": "jax", "device": "cpu", "batch_size": 64, "replicas": 1, "impl": "keras", "mode": "train",
+           "status": "ok", "images_per_second": 1000.0}
+    two = {**one, "replicas": 2, "images_per_second": 1500.0}
+    other_batch = {**two, "batch_size": 128}
+    rows = scaling_efficiency([one, two, other_batch, {**one, "impl": "raw", "images_per_second": 9e9}])
+    assert rows[1]["speedup"] == pytest.approx(1.5) and rows[1]["scaling_efficiency"] == pytest.approx(0.75)
+    assert "speedup" not in rows[0] and "speedup" not in rows[2]  # no one-device row at batch 128
