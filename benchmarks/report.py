@@ -110,7 +110,8 @@ def chart(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results["rows"] if r["status"] == "ok"]
+    # One device per bar; data-parallel rows have their own table (a bar would hide the one-device figure).
+    rows = [r for r in results["rows"] if r["status"] == "ok" and r["replicas"] == 1]
     panels = sorted({(r["device"], r["mode"]) for r in rows}, key=lambda p: (p[0], p[1] != "train"))
     series = sorted({(r["backend"], r["impl"]) for r in rows})
     batch_sizes = sorted({r["batch_size"] for r in rows})
