@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from .atomic import atomic_path, write_text
-from .errors import InputError
+from .errors import InputError, first_line
 
 CHECKPOINT_FILE = "checkpoint.json"
 _WEIGHTS_PATTERN = "epoch-*.weights.h5"
@@ -98,7 +98,7 @@ class TrainingCheckpoint(keras.callbacks.BackupAndRestore):
         try:
             super()._load_model()
         except Exception as err:  # noqa: BLE001 - whatever Keras or h5py raise, the file is unusable
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            detail = first_line(err)
             raise InputError(self._weights_path, f"not a readable checkpoint ({detail})") from None
         _set_random_state(self.model, self.state["random"], self.state_file)
 

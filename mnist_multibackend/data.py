@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, first_line
 
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -417,7 +417,7 @@ def load_dataset(path=None, download: bool = True) -> Dataset:
 
             return load_npz(keras.utils.get_file("mnist.npz", origin=KERAS_ORIGIN))
         except Exception as err:  # noqa: BLE001 - any failure means: tell the user how to provide data
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
     raise InputError("MNIST data", f"none found. Pass --data DIR (a folder of the four IDX files, "
                                    f"{' + '.join(CSV_NAMES)}, or mnist.npz) or set {ENV_VAR}=DIR. "
                                    f"The Keras download failed: {reason}")

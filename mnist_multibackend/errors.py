@@ -1,5 +1,7 @@
 """The one exception type the command line turns into exit status 2."""
 
+from __future__ import annotations
+
 
 class InputError(Exception):
     """Bad input from the user: a file, a flag or the environment.
@@ -12,3 +14,13 @@ class InputError(Exception):
         self.subject = str(subject)
         self.problem = problem
         super().__init__(f"{self.subject}: {problem}")
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of ``err``'s message (its type name when it has none), cut to ``limit`` characters.
+
+    Library exceptions can span many lines; an ``InputError`` quotes only this.
+    """
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."

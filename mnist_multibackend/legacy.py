@@ -47,7 +47,7 @@ from keras.src.legacy.saving.legacy_h5_format import (load_attributes_from_hdf5_
 from keras.src.saving.serialization_lib import SafeModeScope
 
 from .atomic import atomic_path, write_text
-from .errors import InputError
+from .errors import InputError, first_line
 
 # The file names the original project wrote, and `mnist-mb train --legacy-artifacts` writes again.
 H5_NAME = "MNIST_keras_CNN.h5"
@@ -298,7 +298,7 @@ def model_from_keras2_config(model_config, source="model config") -> keras.Model
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
-        raise InputError(source, f"not a loadable Keras 2 model ({_first_line(err)})") from None
+        raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
 
 
 def model_from_yaml(text: str, source="YAML") -> keras.Model:
@@ -309,12 +309,6 @@ def model_from_yaml(text: str, source="YAML") -> keras.Model:
 def load_yaml_file(path) -> keras.Model:
     """``model_from_yaml`` on a file; ``InputError`` names the file."""
     return model_from_yaml(_read_text(path), source=path)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _read_text(path) -> str:
@@ -545,7 +539,7 @@ def read_weights_group(group: h5py.Group, model: keras.Model, source) -> None:
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - a missing group, wrong count or shape: the weights do not fit
-        raise InputError(source, f"weights do not fit the model ({_first_line(err)})") from None
+        raise InputError(source, f"weights do not fit the model ({first_line(err, limit=300)})") from None
 
 
 @contextlib.contextmanager
@@ -554,12 +548,12 @@ def _open_h5(path):
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise InputError(path, f"not an HDF5 file ({_first_line(err)})") from None
+        raise InputError(path, f"not an HDF5 file ({first_line(err, limit=300)})") from None
     try:
         yield f
     except (OSError, KeyError, TypeError, ValueError) as err:
         # h5py reports damaged or unexpected contents this way
-        raise InputError(path, f"damaged or unexpected HDF5 contents ({_first_line(err)})") from None
+        raise InputError(path, f"damaged or unexpected HDF5 contents ({first_line(err, limit=300)})") from None
     finally:
         f.close()
 
@@ -638,7 +632,7 @@ def adam_from_keras2(optimizer_config, source) -> keras.optimizers.Adam:
                                                                         decay_rate=_as_float32_value(decay))
         return keras.optimizers.Adam(learning_rate=learning_rate, **settings)
     except (TypeError, ValueError) as err:
-        raise InputError(source, f"Adam settings not usable ({_first_line(err)})") from None
+        raise InputError(source, f"Adam settings not usable ({first_line(err, limit=300)})") from None
 
 
 def _keras2_metric(metric, source):
@@ -687,7 +681,7 @@ def compile_from_keras2(model: keras.Model, training_config, source) -> keras.Mo
     try:
         model.compile(**args)
     except (TypeError, ValueError) as err:
-        raise InputError(source, f"training_config not usable ({_first_line(err)})") from None
+        raise InputError(source, f"training_config not usable ({first_line(err, limit=300)})") from None
     return model
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .legacy import load_legacy_h5
 
 INPUT_SHAPE = (28, 28, 1)
@@ -80,5 +80,5 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         raise InputError(path, f"not a loadable Keras model ({detail})") from None

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import data
-from .errors import InputError
+from .errors import InputError, first_line
 
 INVERT_CHOICES = ("auto", "yes", "no")
 DIGIT_BOX = 20  # MNIST scaled each digit's bounding box to fit 20 x 20 pixels ...
@@ -101,7 +101,7 @@ def read_image(path, raw: bytes, invert: str = "auto") -> np.ndarray:
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - a decoder fed untrusted bytes: any failure means a bad image
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         raise InputError(path, f"not a readable image ({detail})") from None
     try:
         return preprocess_image(gray, invert)
@@ -186,7 +186,7 @@ def _read_npy(path: Path, raw: bytes) -> np.ndarray:
             raise ValueError(f"unsupported format version {version[0]}.{version[1]}")
         shape, fortran_order, dtype = readers[version](stream)
     except Exception as err:  # noqa: BLE001 - NumPy parses an untrusted header: any failure means a bad file
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         raise InputError(path, f"not a valid .npy file ({detail})") from None
     if dtype.kind not in "biuf":
         raise InputError(path, f"holds {dtype} values, expected numeric pixels (Python objects are never read)")

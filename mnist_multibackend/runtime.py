@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 BACKENDS = ("tensorflow", "jax")
 DEVICES = ("auto", "cpu", "gpu")
@@ -162,7 +162,7 @@ def _start_jax(device: str, keras_loaded: bool, cpu_devices: int | None, cluster
             # random seed across processes, so replicas start from the same weights.
             keras.distribution.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id)
         except RuntimeError as err:
-            raise InputError("--coordinator", f"cannot join the JAX cluster ({str(err).splitlines()[0]})") from None
+            raise InputError("--coordinator", f"cannot join the JAX cluster ({first_line(err)})") from None
     # Local devices: in a multi-process run the others belong to other processes.
     if device == "cpu":
         cpus = jax.local_devices(backend="cpu")
