@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .errors import InputError
+from .recipes import DEFAULT_RECIPE, RECIPES, TARGET_ACCURACY
 from .runtime import BACKENDS, DEVICES
 
 EXIT_BAD_INPUT = 2
@@ -35,6 +36,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-mb", description="Train, evaluate, benchmark and use the "
                                      "2017 MNIST CNN on TensorFlow or JAX; read and write its Keras 2 files.")
@@ -51,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="folder of IDX files, mnist_train.csv + mnist_test.csv, or mnist.npz; "
                                       "an .npz file; or TRAIN.csv,TEST.csv (default: $MNIST_DATA_DIR, "
                                       "then Keras's cache or download)")
-    train.add_argument("--epochs", type=_positive_int, default=12)
-    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE,
+                       help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()).replace("%", "%%")
+                            + f" (default: {DEFAULT_RECIPE})")
+    train.add_argument("--epochs", type=_positive_int, help="override the recipe's")
+    train.add_argument("--batch-size", type=_positive_int, help="override the recipe's")
+    train.add_argument("--learning-rate", type=_positive_float,
+                       help="override the recipe's (under a schedule: its peak)")
     train.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
     train.add_argument("--seed", type=int, help="make the run repeatable on the same backend")
     train.add_argument("--out", default="runs/latest", help="run folder to write (default: runs/latest)")
@@ -105,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", type=_backend_list, default=BACKENDS,
                        help=f"comma-separated (default: {','.join(BACKENDS)})")
 
+    race = commands.add_parser("time-to-accuracy", help="measure the wall seconds each recipe takes to reach "
+                                                        f"{TARGET_ACCURACY * 100:.2f} %% test accuracy, per backend")
+    race.add_argument("--recipes", type=_recipe_list, default=("fast",),
+                      help=f"comma-separated, of {','.join(RECIPES)} (default: fast)")
+    race.add_argument("--backends", type=_backend_list, default=BACKENDS,
+                      help=f"comma-separated (default: {','.join(BACKENDS)})")
+    race.add_argument("--runs", type=_positive_int, default=3, help="runs of each recipe on each backend (default: 3)")
+    race.add_argument("--epochs", type=_positive_int, help="override the recipes' (a quick check, not a result)")
+    race.add_argument("--limit", type=_positive_int, help="train on the first N images only (a quick check)")
+    race.add_argument("--out", default="runs/time-to-accuracy", help="folder to write (default: runs/time-to-accuracy)")
+    race.add_argument("--data", help="as for train")
+
     predict = commands.add_parser("predict", help="classify digits: image files, CSV rows, IDX or .npy files")
     _add_runtime_flags(predict)
     predict.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
@@ -130,12 +158,19 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(","))
 
 
-def _backend_list(text: str) -> tuple[str, ...]:
-    names = tuple(text.split(","))
-    unknown = [name for name in names if name not in BACKENDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    return names
+def _name_list(kind: str, choices):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(text.split(","))
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {kind} {unknown[0]!r}; choose from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+_backend_list = _name_list("backend", BACKENDS)
+_recipe_list = _name_list("recipe", RECIPES)
 
 
 def _cluster(args):
@@ -176,7 +211,8 @@ def run_train(args) -> int:
     runtime = _start(args)
     from .training import TrainConfig, train
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+    config = TrainConfig(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, limit=args.limit, seed=args.seed,
                          data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
                          legacy_artifacts=args.legacy_artifacts, checkpoint_dir=args.checkpoint_dir,
                          resume=args.resume)
@@ -186,6 +222,10 @@ def run_train(args) -> int:
         where += f", process {metrics['process_index']} of {metrics['processes']}"
     written = (f"wrote {config.out}/model.keras, history.csv, metrics.json" if metrics["process_index"] == 0
                else "process 0 writes the run folder")
+    reached = metrics.get("time_to_accuracy", {})
+    if reached.get("seconds") is not None:
+        print(f"test accuracy {reached['target']:.2%} reached after epoch {reached['epoch']}, "
+              f"{reached['seconds']:.0f} s into training", file=sys.stderr)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
           f"{metrics['train_images_per_second']:.0f} training images/s on {where}; {written}"
           + (" and the Keras 2 files" if config.legacy_artifacts and metrics["process_index"] == 0 else ""))
@@ -239,6 +279,17 @@ def run_bench(args) -> int:
     return 1 if any(row["status"] == "error" for row in results["rows"]) else 0
 
 
+def run_time_to_accuracy(args) -> int:
+    # No Keras in this process: each run is a fresh worker process.
+    from benchmarks.time_to_accuracy import TimeToAccuracyConfig, run, table
+
+    results = run(TimeToAccuracyConfig(out=args.out, backends=args.backends, recipes=args.recipes, runs=args.runs,
+                                       data=args.data, epochs=args.epochs, limit=args.limit))
+    print(table(results["summary"]))
+    print(f"wrote {args.out}/results.json, results.md", file=sys.stderr)
+    return 0
+
+
 def run_predict(args) -> int:
     from .predict import format_predictions, load_inputs
 
@@ -268,7 +319,7 @@ def _print_report(summary: dict) -> None:
 
 
 COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy,
-            "bench": run_bench, "predict": run_predict, "report": run_report}
+            "bench": run_bench, "time-to-accuracy": run_time_to_accuracy, "predict": run_predict, "report": run_report}
 
 
 def main(argv=None) -> int:

@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from . import data, legacy
 from .atomic import atomic_path, write_text
 from .distribute import Replicas, data_parallel
 from .errors import InputError
-from .model import LEARNING_RATE, compile_model, load_saved_model
+from .model import compile_model, load_saved_model
+from .recipes import (DEFAULT_RECIPE, RECIPES, TARGET_ACCURACY, learning_rate_schedule, random_affine,
+                      steps_per_epoch)
 from .runtime import Runtime, machine, make_deterministic
 
 EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
@@ -32,11 +35,13 @@ EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change n
 
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. The defaults are the original 2017 recipe."""
+    """One training run: a recipe (default: the original 2017 one), whose epochs, batch size and
+    (peak) learning rate may be overridden."""
 
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = LEARNING_RATE
+    recipe: str = DEFAULT_RECIPE
+    epochs: int | None = None  # None: the recipe's
+    batch_size: int | None = None
+    learning_rate: float | None = None
     limit: int | None = None  # train on the first N training images only
     seed: int | None = None  # None: a fresh random run; an int: a repeatable one
     data: str | None = None  # see data.load_dataset for the search order
@@ -46,6 +51,13 @@ class TrainConfig:
     distribute: bool = False  # data-parallel over every visible device of the run's kind (see distribute.py)
     checkpoint_dir: str | None = None  # save the training state here at every epoch end
     resume: bool = False  # continue from the state in checkpoint_dir
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise InputError("--recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size", "learning_rate"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(RECIPES[self.recipe], name))
 
     def check(self) -> None:
         if self.resume and not self.checkpoint_dir:
@@ -89,6 +101,62 @@ class EpochTimer(keras.callbacks.Callback):
         self._stop()
 
 
+class ElapsedClock(keras.callbacks.Callback):
+    """Seconds from ``origin`` (a ``time.perf_counter()`` reading) to the end of each epoch, its
+    validation pass included: with the test set as validation data, the time to each test accuracy."""
+
+    def __init__(self, origin: float):
+        super().__init__()
+        self.origin = origin
+        self.seconds: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.origin)
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Training batches in a fresh order each epoch, drawn from ``seed`` and the epoch number, and
+    randomly distorted when the recipe augments.
+
+    The order depends on the epoch number alone (not on how many epochs this
+    object has served), so a resumed run draws what the interrupted one would
+    have; ``fit`` tells the epoch through the ``follow_epochs`` callback. This
+    also gives seeded TensorFlow runs a new order every epoch, which Keras's own
+    shuffle of arrays does not (see the README, "Repeatable runs").
+    """
+
+    def __init__(self, x, y, batch_size: int, seed: int | None, augmentation=None):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.augmentation = x, y, batch_size, augmentation
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.epoch = 0
+        self._order = None
+
+    def __len__(self):
+        return steps_per_epoch(len(self.x), self.batch_size)
+
+    def _epoch_order(self):
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x)))
+        return self._order[1]
+
+    def __getitem__(self, index):
+        chosen = np.sort(self._epoch_order()[index * self.batch_size:(index + 1) * self.batch_size])
+        images = self.x[chosen]
+        if self.augmentation is not None:  # one generator per batch: any fetching order draws the same images
+            images = random_affine(images, np.random.default_rng([self.seed, self.epoch, index]), self.augmentation)
+        return images, self.y[chosen]
+
+    def follow_epochs(self) -> keras.callbacks.Callback:
+        batches = self
+
+        class FollowEpochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                batches.epoch = epoch
+
+        return FollowEpochs()
+
+
 def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     """Train the model as ``config`` says, write the run folder, and return its metrics.
 
@@ -96,6 +164,7 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     process 0 writes the run folder.
     """
     config.check()
+    started = time.perf_counter()  # data loading and compilation count: they are part of the wait
     if config.seed is not None:
         make_deterministic(config.seed, runtime.backend)
     replicas = data_parallel(runtime) if config.distribute else Replicas()
@@ -105,8 +174,16 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     x_train, y_train, batch_size = replicas.local_share(x_train, y_train, config.batch_size)
     x_val, y_val, _ = replicas.local_share(x_test, y_test, config.batch_size)
 
-    model = replicas.build_model(config.learning_rate)
-    timer = EpochTimer()
+    recipe = RECIPES[config.recipe]
+    total_steps = config.epochs * steps_per_epoch(len(x_train), batch_size)
+    learning_rate = learning_rate_schedule(recipe, config.learning_rate, total_steps)
+    model = replicas.build_model(learning_rate)
+    timer, clock = EpochTimer(), ElapsedClock(started)
+    feed = {"x": x_train, "y": y_train, "batch_size": batch_size}
+    if _needs_epoch_batches(config, runtime):
+        batches = EpochBatches(x_train, y_train, batch_size, config.seed, recipe.augmentation)
+        feed = {"x": batches}
+        callbacks = [batches.follow_epochs(), *callbacks]
     checkpoint = None
     if config.checkpoint_dir:
         from .checkpoint import TrainingCheckpoint
@@ -114,13 +191,12 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         checkpoint = TrainingCheckpoint(config.checkpoint_dir, _resumable_settings(config, dataset), timer.seconds)
         checkpoint.resolve(config.resume)
         callbacks = [checkpoint, *callbacks]  # after the timer: it reads the epoch's seconds
-    started = time.perf_counter()
     with replicas.scope():
-        history = model.fit(x_train, y_train, batch_size=batch_size, epochs=config.epochs,
+        history = model.fit(**feed, epochs=config.epochs,
                             validation_data=(x_val, y_val) if config.validate else None,
-                            callbacks=[timer, *replicas.callbacks, *callbacks], verbose=1)
+                            callbacks=[timer, clock, *replicas.callbacks, *callbacks], verbose=1)
     wall_seconds = time.perf_counter() - started
-    model = replicas.single_device_copy(model, config.learning_rate)
+    model = replicas.single_device_copy(model, learning_rate)
     logs, epoch_seconds = history.history, timer.seconds
     if checkpoint:  # every epoch, those of the interrupted process included
         logs, epoch_seconds = checkpoint.history, checkpoint.epoch_seconds
@@ -135,11 +211,14 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "data_source": dataset.source,
         "train_images": images,
         "test_images": len(x_test),
+        "recipe": config.recipe,
         "epochs": config.epochs,
         "batch_size": config.batch_size,  # global: split across the replicas
         "replicas": replicas.count,
         "processes": replicas.processes,
-        "learning_rate": config.learning_rate,
+        "learning_rate": config.learning_rate,  # the peak, under a schedule
+        "learning_rate_schedule": "warm-up, cosine decay" if recipe.warmup_cosine else "constant",
+        "augmentation": dataclasses.asdict(recipe.augmentation) if recipe.augmentation else None,
         "seed": config.seed,
         "train_seconds": round(train_seconds, 3),
         "train_images_per_second": round(images * config.epochs / train_seconds, 1),
@@ -147,12 +226,14 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "first_epoch_seconds": round(epoch_seconds[0], 3),
         "steady_images_per_second": (round(images * (config.epochs - 1) / sum(epoch_seconds[1:]), 1)
                                      if config.epochs > 1 else None),
-        "wall_seconds": round(wall_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),  # from loading the data to the end of the last epoch
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
     }
     if checkpoint:
         metrics["resumed_after_epoch"] = checkpoint.resumed_after_epoch
+    elif config.validate:  # the test set scored after each epoch, timed from the start of this call
+        metrics["time_to_accuracy"] = time_to_accuracy(logs["val_accuracy"], clock.seconds)
     if replicas.is_chief:
         write_run(Path(config.out), model, logs, epoch_seconds, metrics)
         if config.legacy_artifacts:
@@ -162,13 +243,27 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     return {**metrics, "process_index": replicas.process_index}
 
 
+def _needs_epoch_batches(config: TrainConfig, runtime: Runtime) -> bool:
+    """Feed ``EpochBatches`` when augmenting, or when a seeded TensorFlow run would otherwise see one
+    order every epoch; else Keras's own feeding of arrays, as plain Keras does."""
+    return RECIPES[config.recipe].augmentation is not None or (config.seed is not None and runtime.backend == "tensorflow")
+
+
 def _resumable_settings(config: TrainConfig, dataset: data.Dataset) -> dict:
     """What a resumed run must share with the interrupted one (the data by content, not by path)."""
     digest = hashlib.sha256(dataset.x_train.tobytes())
     digest.update(dataset.y_train.tobytes())
-    return {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+    return {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
             "seed": config.seed, "validate": config.validate, "train_images": len(dataset.x_train),
             "train_data_sha256": digest.hexdigest()[:16]}
+
+
+def time_to_accuracy(accuracies, elapsed_seconds, target: float = TARGET_ACCURACY) -> dict:
+    """When the test accuracy, scored after each epoch, first reached ``target``: epoch and seconds."""
+    for epoch, (accuracy, seconds) in enumerate(zip(accuracies, elapsed_seconds), start=1):
+        if accuracy >= target:
+            return {"target": target, "epoch": epoch, "seconds": round(seconds, 3), "accuracy": float(accuracy)}
+    return {"target": target, "epoch": None, "seconds": None, "accuracy": None}
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:

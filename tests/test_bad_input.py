@@ -136,7 +136,7 @@ BAD_INPUT = [
          ("ck", "holds the checkpoint of an unfinished run (epoch 1 of 5 done); add --resume")),
     Case("a checkpoint of other settings", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
          {"ck/checkpoint.json": json.dumps(CHECKPOINT).encode(), "ck/epoch-0001.weights.h5": b""},
-         ("checkpoint.json", "other settings (epochs 5 there, 1 now")),
+         ("checkpoint.json", "other settings (", "epochs 5 there, 1 now")),
     Case("checkpoints of a data-parallel run", TRAIN + ("--distribute", "--checkpoint-dir", "{tmp}/ck"), {},
          ("--checkpoint-dir", "not supported with --distribute")),
     Case("a corrupt checkpoint", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
