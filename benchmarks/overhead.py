@@ -1,0 +1,156 @@
+"""The project's training path against a plain Keras 3 training loop of the same model, side by side.
+
+    python -m benchmarks.overhead [--backends tensorflow,jax] [--rounds 3] [--epochs 3] [--images 12800]
+                                  [--paths project,seeded,best] [--out DIR]
+
+Each backend runs in one fresh worker process, which alternates, round by
+round, a plain loop (``model.fit`` on arrays, ``verbose=0``, the test set as
+validation data) and the project's ``training.train`` (its data loading,
+feeding, callbacks, progress bar and validation) on the same images. An epoch
+is timed from one epoch end to the next, validation included, so everything
+the loop does between steps counts; the first epoch (compilation) is left out.
+Paths: ``project`` is ``mnist-mb train`` (the original recipe, unseeded);
+``seeded`` adds ``--seed`` (on TensorFlow it feeds ``EpochBatches``);
+``best`` is ``--recipe best`` (augmented batches).
+
+Prints and writes (``results.json``, ``results.md``) each path's images/s and
+its ratio to the plain loop: the median over rounds of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mnist_multibackend.atomic import write_text
+from mnist_multibackend.runtime import BACKENDS
+
+PATHS = {"project": {}, "seeded": {"seed": 1}, "best": {"recipe": "best"}}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--paths", default="project", help=f"comma-separated, of {','.join(PATHS)} (default: project)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the first is left out (default: 3)")
+    parser.add_argument("--images", type=int, default=12800, help="training images per epoch (default: 12800)")
+    parser.add_argument("--data", help="as for mnist-mb train")
+    parser.add_argument("--out", default="runs/overhead")
+    parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.backends, args.paths = args.backends.split(","), args.paths.split(",")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        answer, sys.stdout = sys.stdout, sys.stderr  # Keras's progress bar must not corrupt the JSON answer
+        print(json.dumps(worker(args)), file=answer, flush=True)
+        return 0
+    load_before = os.getloadavg()[0]
+    results = {"command": "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "load_average_before": load_before, "rounds": args.rounds, "epochs": args.epochs,
+               "images": args.images, "backends": []}
+    for backend in args.backends:
+        command = [sys.executable, "-m", "benchmarks.overhead", "--worker", backend, "--paths", ",".join(args.paths),
+                   "--rounds", str(args.rounds), "--epochs", str(args.epochs), "--images", str(args.images)]
+        command += ["--data", args.data] if args.data else []
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        print(f"overhead: {backend}: a fresh worker process", file=sys.stderr, flush=True)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+        if done.returncode != 0:
+            print(f"overhead: the {backend} worker exited with status {done.returncode}", file=sys.stderr)
+            return 1
+        results["backends"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "results.md", markdown(results))
+    print(table(results))
+    return 0
+
+
+def worker(args) -> dict:
+    from mnist_multibackend.runtime import machine, start
+
+    runtime = start(args.worker, "cpu")
+    from mnist_multibackend import data
+    from mnist_multibackend.model import build_model, compile_model
+    from mnist_multibackend.training import ElapsedClock, TrainConfig, train
+
+    dataset = data.load_dataset(args.data)
+    x, y = data.as_model_input(dataset.x_train[:args.images]), data.one_hot(dataset.y_train[:args.images])
+    x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
+
+    def plain() -> list[float]:
+        model = compile_model(build_model())
+        clock = ElapsedClock(time.perf_counter())
+        model.fit(x, y, batch_size=128, epochs=args.epochs, validation_data=(x_test, y_test), verbose=0,
+                  callbacks=[clock])
+        return clock.seconds
+
+    def project(**settings) -> list[float]:
+        clock = ElapsedClock(time.perf_counter())
+        with tempfile.TemporaryDirectory() as out:
+            train(TrainConfig(epochs=args.epochs, limit=args.images, data=args.data, out=out, **settings), runtime,
+                  callbacks=[clock])
+        return clock.seconds
+
+    contenders = {"plain": plain, **{path: (lambda s=PATHS[path]: project(**s)) for path in args.paths}}
+    speeds = {name: [] for name in contenders}
+    for round_ in range(args.rounds):
+        for name, run in contenders.items():
+            ends = run()
+            steady = ends[-1] - ends[0]  # epochs 2..N, each with its validation pass
+            speeds[name].append(args.images * (args.epochs - 1) / steady)
+            print(f"overhead: {args.worker} round {round_ + 1} {name}: {speeds[name][-1]:,.0f} images/s",
+                  file=sys.stderr, flush=True)
+    rows = []
+    for name in contenders:
+        ratios = [a / b for a, b in zip(speeds[name], speeds["plain"])]
+        rows.append({"path": name, "images_per_second": statistics.median(speeds[name]),
+                     "rounds_images_per_second": speeds[name], "ratio_to_plain": statistics.median(ratios),
+                     "rounds_ratio_to_plain": ratios})
+    host = machine()
+    return {"backend": runtime.backend, "versions": {"keras": runtime.keras_version,
+                                                     runtime.backend: runtime.backend_version},
+            "machine": host, "load_average_after": os.getloadavg()[0], "rows": rows}
+
+
+def table(results: dict) -> str:
+    lines = ["| backend | path | images/s (median) | ÷ plain Keras (median of rounds) | rounds |",
+             "|---|---|---|---|---|"]
+    for backend in results["backends"]:
+        for row in backend["rows"]:
+            ratios = ", ".join(f"{r:.3f}" for r in row["rounds_ratio_to_plain"])
+            lines.append(f"| {backend['backend']} | {row['path']} | {row['images_per_second']:,.0f} "
+                         f"| {row['ratio_to_plain']:.3f} | {ratios} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    host = results["backends"][0]["machine"] if results["backends"] else {}
+    return "\n".join([
+        "# The project's training path against plain Keras",
+        "",
+        f"Command: `{results['command']}`; {results['rounds']} rounds, {results['epochs']} epochs of "
+        f"{results['images']:,} images each (the first epoch left out), load average "
+        f"{results['load_average_before']:.2f} before.",
+        f"Machine: {host.get('cpu')}, {host.get('cores')} cores.",
+        "",
+        table(results),
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The time-to-accuracy and overhead benchmarks: what they compute and the shape of what they write, never
+how fast anything ran."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.time_to_accuracy import summarise, table
+from conftest import BACKEND, REPO, assert_clean_error, cli
+
+
+def _run(backend, recipe, seconds, accuracy, epoch):
+    return {"backend": backend, "recipe": recipe, "epochs": 4, "seconds_to_target": seconds, "epoch_reached": epoch,
+            "test_accuracy": accuracy, "process_seconds": 100.0, "steady_images_per_second": 3000.0,
+            "load_average_1min": 1.0}
+
+
+def test_the_summary_takes_medians_over_runs_and_counts_runs_that_missed():
+    runs = [_run("tensorflow", "fast", 80.0, 0.9940, 3), _run("tensorflow", "fast", 90.0, 0.9950, 3),
+            _run("tensorflow", "fast", None, 0.9920, None), _run("jax", "fast", None, 0.99, None)]
+    tf, jax = summarise(runs)
+    assert (tf["runs"], tf["reached"], tf["median_seconds_to_target"]) == (3, 2, 85.0)
+    assert (tf["min_seconds_to_target"], tf["max_seconds_to_target"], tf["median_epoch_reached"]) == (80.0, 90.0, 3)
+    assert tf["median_test_accuracy"] == 0.9940 and tf["min_test_accuracy"] == 0.9920
+    assert (jax["reached"], jax["median_seconds_to_target"]) == (0, None)
+    text = table([tf, jax])
+    assert "| tensorflow | fast | 4 | 3 | 2 of 3 | 85 (80–90) | 3 | 99.40% (99.20%–99.50%)" in text
+    assert "| jax | fast | 4 | 1 | 0 of 1 | not reached |" in text
+
+
+def test_time_to_accuracy_command_writes_its_results(tmp_path, mnist_dir):
+    result = cli("time-to-accuracy", "--backends", BACKEND, "--recipes", "fast", "--runs", 1, "--epochs", 1,
+                 "--limit", 256, "--data", mnist_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert (run["backend"], run["recipe"], run["epochs"]) == (BACKEND, "fast", 1)
+    assert len(run["epoch_test_accuracy"]) == len(run["epoch_end_seconds"]) == 1
+    # The clock starts with the worker's Python, so it covers imports and data loading too.
+    assert 0 < run["epoch_end_seconds"][0] < run["process_seconds"]
+    assert run["seconds_to_target"] is None  # 256 images cannot reach 99.25 %
+    assert results["summary"][0]["runs"] == 1 and results["command"].startswith("mnist-mb time-to-accuracy")
+    assert "| " + BACKEND + " | fast | 1 | 1 | 0 of 1 | not reached" in result.stdout
+    assert results["command"] in (tmp_path / "results.md").read_text()
+
+
+def test_time_to_accuracy_without_data_is_one_line(tmp_path):
+    result = cli("time-to-accuracy", "--backends", BACKEND, "--runs", 1, "--data", tmp_path / "missing",
+                 "--out", tmp_path / "out")
+    assert_clean_error(result, "missing")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_compares_the_project_with_plain_keras(tmp_path, mnist_dir):
+    command = [sys.executable, "-m", "benchmarks.overhead", "--backends", BACKEND, "--rounds", "1", "--epochs", "2",
+               "--images", "512", "--paths", "project,best", "--data", str(mnist_dir), "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (backend,) = json.loads((tmp_path / "results.json").read_text())["backends"]
+    assert backend["backend"] == BACKEND
+    rows = {row["path"]: row for row in backend["rows"]}
+    assert set(rows) == {"plain", "project", "best"}
+    assert rows["plain"]["ratio_to_plain"] == 1.0
+    for row in rows.values():
+        assert row["images_per_second"] > 0 and len(row["rounds_ratio_to_plain"]) == 1
+    assert "| project |" in (tmp_path / "results.md").read_text()
