@@ -17,9 +17,9 @@ and the settings that a resumed run must share.
 A resumed run continues with the saved weights, optimizer state, dropout seeds and
 Python's and NumPy's generators. On JAX, Keras shuffles the training images with
 NumPy's generator, so a resumed seeded run repeats the uninterrupted one exactly
-(tested). On TensorFlow it shuffles inside ``tf.data``, whose generator cannot be
-saved; with a fixed seed that shuffle draws the same order in every epoch (measured
-with Keras 3.15), so there too the resumed run matches, but only because of that.
+(tested). A seeded TensorFlow run, and any augmented run, is fed by
+``training.EpochBatches``, whose order and distortions are drawn from the seed and
+the epoch number alone, so the resumed run draws what the interrupted one would have.
 """
 
 from __future__ import annotations

@@ -99,9 +99,9 @@ def test_the_resumed_model_is_valid_and_reported(resumed_run, mnist):
         assert (resumed_run["out"] / "report" / name).stat().st_size > 10_000
 
 
-@pytest.mark.jax
 def test_the_resumed_run_repeats_the_uninterrupted_one(resumed_run, mnist_dir):
-    """On JAX, Keras shuffles with NumPy's generator, which the checkpoint restores: the run is the same."""
+    """The same order of images (JAX: NumPy's generator, which the checkpoint restores; TensorFlow:
+    EpochBatches, drawn from the seed and the epoch number) and the same dropout: the run is the same."""
     import keras
 
     reference = resumed_run["folder"] / "reference"
