@@ -34,11 +34,12 @@ import keras
 SAME_PADDED_CONVS = ("conv1",)
 
 
-def speed_up(model: keras.Model) -> list[str]:
+def speed_up(model: keras.Model, same_padded_convs=SAME_PADDED_CONVS, mask_pool_gradient: bool = True) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
-    Does nothing (returns ``[]``) on another backend or device: the figures
-    behind these choices are XLA:CPU's.
+    The defaults are the measured choice; ``benchmarks.jax_cpu_remedies``
+    passes others to compare them. Does nothing (returns ``[]``) on another
+    backend or device: the figures behind these choices are XLA:CPU's.
     """
     if keras.backend.backend() != "jax":
         return []
@@ -49,10 +50,10 @@ def speed_up(model: keras.Model) -> list[str]:
         return []
     changed = []
     for layer in model.layers:
-        if layer.name in SAME_PADDED_CONVS and _plain_odd_conv(layer):
+        if layer.name in same_padded_convs and _plain_odd_conv(layer):
             layer.convolution_op = functools.partial(_same_padded_then_cropped, layer)
             changed.append(layer.name)
-        elif _tiling_max_pool(layer):
+        elif mask_pool_gradient and _tiling_max_pool(layer):
             layer.call = _max_pool_with_mask_gradient(tuple(layer.pool_size))
             changed.append(layer.name)
     return changed
