@@ -2,9 +2,11 @@
 
 Run::
 
-    python -m benchmarks.profile_jax [--batch-size 128] [--steps 5] [--out DIR] [--data DIR]
+    python -m benchmarks.profile_jax [--batch-size 128] [--steps 5] [--out DIR] [--data DIR] [--plain]
 
-It compiles Keras's own training step (``model.train_step`` under ``jax.jit``
+It builds the model as ``build_model`` does (with ``jax_cpu.speed_up``'s
+faster forms; ``--plain``: with Keras's own computations, as before them),
+compiles Keras's own training step (``model.train_step`` under ``jax.jit``
 with the state donated, as ``make_train_function`` does), runs ``--steps``
 steps inside ``jax.profiler.trace`` and reads the Perfetto trace it writes. On
 CPU, XLA's thunk executor records one event per executed operation (a fusion,
@@ -20,6 +22,12 @@ It prints two tables, per layer and pass and per HLO operation, in ms per step
 (the median over the profiled steps) and % of the step (the span of the step's
 operations), and writes both to ``DIR/profile.json`` beside the trace. Timings
 are exclusive: an operation's nested operations (a loop's body) count on their own.
+The row "(between operations)" is the part of the step's span in which no
+operation ran (the operations it came before are listed): dispatch, set-up
+that a kernel does before its event begins, and waits for a thread when other programs load the
+cores. When operations overlap (XLA may run independent ones on both threads,
+and some kernels finish their work after their event ends), the rows need not
+add up to the step.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="folder for the trace and profile.json (default: a new temporary folder)")
     parser.add_argument("--data", help="MNIST location, as for mnist-mb train")
     parser.add_argument("--top", type=int, default=25, help="HLO operations listed (all go to the JSON)")
+    parser.add_argument("--plain", action="store_true", help="Keras's own computations, without jax_cpu.speed_up")
     return parser.parse_args(argv)
 
 
@@ -70,6 +79,7 @@ def main(argv=None) -> int:
 def run(args, out: Path) -> dict:
     runtime = start("jax", "cpu")
     import jax
+    import keras
 
     from mnist_multibackend import data
     from mnist_multibackend.model import build_model, compile_model
@@ -78,7 +88,10 @@ def run(args, out: Path) -> dict:
     dataset = data.load_dataset(args.data)
     x = data.as_model_input(dataset.x_train[:args.batch_size])
     y = data.one_hot(dataset.y_train[:args.batch_size])
-    model = compile_model(build_model())
+    model = build_model()
+    if args.plain:  # a model built from the config runs Keras's own computations
+        model = keras.Model.from_config(model.get_config())
+    model = compile_model(model)
     model.train_on_batch(x, y)  # builds the optimizer and metric variables that the step's state holds
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
@@ -109,7 +122,7 @@ def run(args, out: Path) -> dict:
     return summarize(steps, labels, {
         "batch_size": args.batch_size, "steps": len(steps), "runtime": runtime.as_dict(), "machine": machine(),
         "load_average": [round(v, 2) for v in os.getloadavg()], "load_average_1min_at_start": round(load, 2),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "trace": str(trace),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "trace": str(trace), "plain": args.plain,
         "step_ms_unprofiled": 1e3 * statistics.median(wall),
     })
 
@@ -214,7 +227,8 @@ def _elements(shape: str) -> int:
 
 
 def operation_times(trace_path: Path) -> list[dict[str, float]]:
-    """Per profiled step (one XLA execution): ``{HLO op: exclusive ms}``, plus ``"__span__"``, the step's ms."""
+    """Per profiled step (one XLA execution): ``{HLO op: exclusive ms}``, plus ``"__span__"``, the step's ms,
+    and ``"__idle__ OP"``, the ms in which no operation ran just before ``OP`` began."""
     with gzip.open(trace_path) as f:
         events = json.load(f)["traceEvents"]
     ops = [e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_op")]
@@ -241,6 +255,11 @@ def operation_times(trace_path: Path) -> list[dict[str, float]]:
         for e in run_events:
             times[e["args"]["hlo_op"]] += exclusive[id(e)] / 1e3
         times["__span__"] = (max(e["ts"] + e["dur"] for e in run_events) - min(e["ts"] for e in run_events)) / 1e3
+        busy_until = min(e["ts"] for e in run_events)
+        for e in sorted(run_events, key=lambda e: e["ts"]):
+            if e["ts"] > busy_until:
+                times[f"__idle__ {e['args']['hlo_op']}"] += (e["ts"] - busy_until) / 1e3
+            busy_until = max(busy_until, e["ts"] + e["dur"])
         steps.append(dict(times))
     return steps
 
@@ -248,8 +267,12 @@ def operation_times(trace_path: Path) -> list[dict[str, float]]:
 def summarize(steps: list[dict[str, float]], labels: dict[str, str], context: dict) -> dict:
     """Medians over the steps, per HLO operation and per layer and pass."""
     step_ms = statistics.median(s["__span__"] for s in steps)
-    names = {name for s in steps for name in s if name != "__span__"}
+    names = {name for s in steps for name in s if not name.startswith("__")}
     per_op = {name: statistics.median(s.get(name, 0.0) for s in steps) for name in names}
+    idle_names = {name for s in steps for name in s if name.startswith("__idle__ ")}
+    idle = {name.split(" ", 1)[1]: statistics.median(s.get(name, 0.0) for s in steps) for name in idle_names}
+    idle_before = [{"hlo_op": name, "layer": labels.get(name, ("other", ""))[0], "ms": ms}
+                   for name, ms in sorted(idle.items(), key=lambda kv: -kv[1]) if ms >= 0.5]
     operations = [{"hlo_op": name, "layer": labels.get(name, ("other", ""))[0], "shape": labels.get(name, ("", "?"))[1],
                    "ms": ms, "pct": 100 * ms / step_ms}
                   for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])]
@@ -257,18 +280,26 @@ def summarize(steps: list[dict[str, float]], labels: dict[str, str], context: di
     for op in operations:
         per_layer[op["layer"]][0] += op["ms"]
         per_layer[op["layer"]][1] += 1
+    between = step_ms - sum(per_op.values())
+    if between > 0:
+        per_layer["(between operations)"] = [between, 0]
     layers = [{"layer": layer, "ms": ms, "pct": 100 * ms / step_ms, "hlo_ops": count}
               for layer, (ms, count) in sorted(per_layer.items(), key=lambda kv: -kv[1][0])]
     return {**context, "step_ms_profiled": step_ms, "ops_sum_ms": sum(per_op.values()),
-            "by_layer": layers, "by_hlo_op": operations}
+            "by_layer": layers, "by_hlo_op": operations, "idle_before": idle_before}
 
 
 def format_tables(profile: dict, top: int) -> str:
-    lines = [f"JAX/CPU training step, batch {profile['batch_size']}: {profile['step_ms_profiled']:.1f} ms profiled "
+    form = "Keras's own computations (--plain)" if profile["plain"] else "as build_model makes it (jax_cpu.speed_up)"
+    lines = [f"JAX/CPU training step, {form}, batch {profile['batch_size']}, "
+             f"XLA_FLAGS={profile['xla_flags']!r}: {profile['step_ms_profiled']:.1f} ms profiled "
              f"(median of {profile['steps']} steps; {profile['step_ms_unprofiled']:.1f} ms unprofiled), "
              f"operations sum to {profile['ops_sum_ms']:.1f} ms; load average {profile['load_average']}",
              "", f"{'layer and pass':40} {'ms/step':>8} {'% step':>7} {'ops':>4}"]
     lines += [f"{r['layer']:40} {r['ms']:8.2f} {r['pct']:6.1f}% {r['hlo_ops']:4}" for r in profile["by_layer"]]
+    if profile["idle_before"]:
+        lines.append("no operation running, just before: " + ", ".join(
+            f"{r['hlo_op']} ({r['layer']}) {r['ms']:.1f} ms" for r in profile["idle_before"][:5]))
     lines += ["", f"{'HLO operation':28} {'layer and pass':32} {'result':26} {'ms/step':>8} {'% step':>7}"]
     lines += [f"{r['hlo_op']:28} {r['layer']:32} {r['shape'][:26]:26} {r['ms']:8.2f} {r['pct']:6.1f}%"
               for r in profile["by_hlo_op"][:top]]
