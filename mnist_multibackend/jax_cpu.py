@@ -34,7 +34,8 @@ import keras
 SAME_PADDED_CONVS = ("conv1",)
 
 
-def speed_up(model: keras.Model, same_padded_convs=SAME_PADDED_CONVS, mask_pool_gradient: bool = True) -> list[str]:
+def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] = SAME_PADDED_CONVS,
+             mask_pool_gradient: bool = True) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     The defaults are the measured choice; ``benchmarks.jax_cpu_remedies``
@@ -53,7 +54,7 @@ def speed_up(model: keras.Model, same_padded_convs=SAME_PADDED_CONVS, mask_pool_
         if layer.name in same_padded_convs and _plain_odd_conv(layer):
             layer.convolution_op = functools.partial(_same_padded_then_cropped, layer)
             changed.append(layer.name)
-        elif mask_pool_gradient and _tiling_max_pool(layer):
+        elif mask_pool_gradient and _non_overlapping_max_pool(layer):
             layer.call = _max_pool_with_mask_gradient(tuple(layer.pool_size))
             changed.append(layer.name)
     return changed
@@ -74,19 +75,16 @@ def _same_padded_then_cropped(layer, inputs, kernel):
     return outputs[:, crop_h:outputs.shape[1] - crop_h, crop_w:outputs.shape[2] - crop_w, :]
 
 
-def _tiling_max_pool(layer) -> bool:
-    """A 2-D VALID max pool, channels last, whose windows tile its input exactly (no overlap, no remainder)."""
-    if not (isinstance(layer, keras.layers.MaxPooling2D) and layer.padding == "valid"
-            and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size)):
-        return False
-    height, width = layer.input.shape[1:3]
-    return height is not None and width is not None and height % layer.pool_size[0] == 0 \
-        and width % layer.pool_size[1] == 0
+def _non_overlapping_max_pool(layer) -> bool:
+    """A 2-D VALID max pool, channels last, whose windows do not overlap (strides = pool size)."""
+    return (isinstance(layer, keras.layers.MaxPooling2D) and layer.padding == "valid"
+            and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size))
 
 
 def _max_pool_with_mask_gradient(pool_size: tuple[int, int]):
     """A max pool over ``pool_size`` windows (float ``(n, h, w, c)`` -> ``(n, h / ph, w / pw, c)``)
-    whose gradient is the first-maximum mask described in the module's docstring."""
+    whose gradient is the first-maximum mask described in the module's docstring, when the windows
+    tile the input exactly; otherwise Keras's own."""
     import jax
     import jax.numpy as jnp
 
@@ -118,6 +116,9 @@ def _max_pool_with_mask_gradient(pool_size: tuple[int, int]):
     max_pool.defvjp(forward, backward)
 
     def call(inputs):  # the layer's call: Keras may pass the input by keyword
+        height, width = inputs.shape[1:3]
+        if height is None or width is None or height % ph or width % pw:  # unknown, or a remainder VALID drops
+            return pool(inputs)
         return max_pool(inputs)
 
     return call
