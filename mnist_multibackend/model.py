@@ -78,14 +78,13 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "is not a file")
     if path.suffix.lower() in LEGACY_SUFFIXES:
-        model = load_legacy_h5(path, compile=compile)
-    elif path.suffix != ".keras":
+        return load_legacy_h5(path, compile=compile)  # built by legacy.model_from_keras2_config, sped up there
+    if path.suffix != ".keras":
         raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file or a Keras 2 .h5")
-    else:
-        try:
-            model = keras.saving.load_model(path, compile=compile, safe_mode=True)
-        except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
-            detail = first_line(err)
-            raise InputError(path, f"not a loadable Keras model ({detail})") from None
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
+        detail = first_line(err)
+        raise InputError(path, f"not a loadable Keras model ({detail})") from None
     speed_up(model)
     return model
