@@ -1,0 +1,124 @@
+"""The same math in forms that XLA's CPU backend runs faster: applied to a built model on JAX/CPU.
+
+Import this module only after ``runtime.start()`` has chosen the backend.
+
+A training step of the model on JAX/CPU spends most of its time in a few XLA
+kernels whose speed depends on the shape and formulation, not on the arithmetic
+(``python -m benchmarks.profile_jax``; figures in ``benchmarks/results/jax-cpu-gap.md``):
+
+- ``conv1`` (26x26, 32 -> 32 channels, VALID): its forward pass and weight
+  gradient took about 40 % of the step. The same convolution computed with
+  SAME padding and cropped by one pixel on each side gives the same outputs,
+  and XLA runs it, and its weight gradient, several times faster. For
+  ``conv0``, ``conv2`` and ``conv3`` this form was measured no faster, so they
+  keep the plain one.
+- the max pools' gradient: JAX differentiates a max pool into
+  ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
+  index arrays and a scatter (about 20 % of the step). For non-overlapping
+  windows the same gradient is a mask: each window's upstream gradient goes to
+  the first of its elements, in row-major order, that equals the window's
+  maximum (``select_and_scatter``'s choice under ties), and zero elsewhere.
+
+Only the layers' computations are rebound, on the layer instances: their
+classes, configs, weights and saved files stay those of a plain ``Conv2D`` and
+``MaxPooling2D``, so a saved model loads anywhere as the original.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+# Layers whose VALID convolution runs as SAME + crop: only where it was measured faster.
+SAME_PADDED_CONVS = ("conv1",)
+
+
+def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] = SAME_PADDED_CONVS,
+             mask_pool_gradient: bool = True) -> list[str]:
+    """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
+
+    The defaults are the measured choice; ``benchmarks.jax_cpu_remedies``
+    passes others to compare them. Does nothing (returns ``[]``) on another
+    backend or device: the figures behind these choices are XLA:CPU's.
+    """
+    if keras.backend.backend() != "jax":
+        return []
+    import jax
+
+    device = jax.config.jax_default_device  # runtime.start(device="cpu") sets it on a machine with a GPU
+    if getattr(device, "platform", device or jax.default_backend()) != "cpu":
+        return []
+    changed = []
+    for layer in model.layers:
+        if layer.name in same_padded_convs and _plain_odd_conv(layer):
+            layer.convolution_op = functools.partial(_same_padded_then_cropped, layer)
+            changed.append(layer.name)
+        elif mask_pool_gradient and _non_overlapping_max_pool(layer):
+            layer.call = _max_pool_with_mask_gradient(tuple(layer.pool_size))
+            changed.append(layer.name)
+    return changed
+
+
+def _plain_odd_conv(layer) -> bool:
+    """A 2-D, stride-1, undilated, ungrouped VALID convolution with an odd kernel, channels last."""
+    return (isinstance(layer, keras.layers.Conv2D) and type(layer).convolution_op is keras.layers.Conv2D.convolution_op
+            and layer.padding == "valid" and layer.data_format == "channels_last"
+            and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
+            and all(k % 2 == 1 for k in layer.kernel_size))
+
+
+def _same_padded_then_cropped(layer, inputs, kernel):
+    """``layer``'s VALID convolution of ``inputs`` as a SAME convolution cropped by half the kernel."""
+    outputs = keras.ops.conv(inputs, kernel, strides=1, padding="same", data_format="channels_last")
+    crop_h, crop_w = layer.kernel_size[0] // 2, layer.kernel_size[1] // 2
+    return outputs[:, crop_h:outputs.shape[1] - crop_h, crop_w:outputs.shape[2] - crop_w, :]
+
+
+def _non_overlapping_max_pool(layer) -> bool:
+    """A 2-D VALID max pool, channels last, whose windows do not overlap (strides = pool size)."""
+    return (isinstance(layer, keras.layers.MaxPooling2D) and layer.padding == "valid"
+            and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size))
+
+
+def _max_pool_with_mask_gradient(pool_size: tuple[int, int]):
+    """A max pool over ``pool_size`` windows (float ``(n, h, w, c)`` -> ``(n, h / ph, w / pw, c)``)
+    whose gradient is the first-maximum mask described in the module's docstring, when the windows
+    tile the input exactly; otherwise Keras's own."""
+    import jax
+    import jax.numpy as jnp
+
+    ph, pw = pool_size
+
+    def pool(x):
+        return keras.ops.max_pool(x, pool_size, strides=pool_size, padding="valid", data_format="channels_last")
+
+    def forward(x):
+        y = pool(x)
+        return y, (x, y)
+
+    def backward(residuals, grad):
+        x, y = residuals
+        n, h, w, c = x.shape
+        windows = x.reshape(n, h // ph, ph, w // pw, pw, c)
+        taken = jnp.zeros(y.shape, bool)
+        rows = []
+        for i in range(ph):
+            row = []
+            for j in range(pw):
+                first = (windows[:, :, i, :, j, :] == y) & ~taken
+                taken = taken | first
+                row.append(jnp.where(first, grad, jnp.zeros_like(grad)))
+            rows.append(jnp.stack(row, axis=3))  # (n, h / ph, w / pw, pw, c)
+        return (jnp.stack(rows, axis=2).reshape(n, h, w, c),)  # via (n, h / ph, ph, w / pw, pw, c)
+
+    max_pool = jax.custom_vjp(pool)
+    max_pool.defvjp(forward, backward)
+
+    def call(inputs):  # the layer's call: Keras may pass the input by keyword
+        height, width = inputs.shape[1:3]
+        if height is None or width is None or height % ph or width % pw:  # unknown, or a remainder VALID drops
+            return pool(inputs)
+        return max_pool(inputs)
+
+    return call

@@ -1,0 +1,106 @@
+"""The faster JAX/CPU formulations (jax_cpu.speed_up) change the speed only: same config, files, outputs, gradients."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import BACKEND
+from mnist_multibackend import data
+from mnist_multibackend.jax_cpu import speed_up
+from mnist_multibackend.model import build_model, compile_model
+
+REBOUND = ["conv1", "MP1", "MP2"]  # the layers measured faster in another form on JAX/CPU
+
+
+def _rebound(model) -> list[str]:
+    return [layer.name for layer in model.layers if {"call", "convolution_op"} & set(vars(layer))]
+
+
+def _plain_twin(model) -> keras.Model:
+    """The same model and weights with Keras's own computations (built from the config, not sped up)."""
+    twin = keras.Model.from_config(model.get_config())
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+@pytest.fixture(scope="module")
+def images(mnist):
+    """64 real training digits, and their one-hot labels."""
+    return data.as_model_input(mnist.x_train[:64]), data.one_hot(mnist.y_train[:64])
+
+
+@pytest.mark.jax
+def test_applied_on_jax_cpu_to_the_measured_layers_only():
+    assert _rebound(build_model()) == REBOUND
+
+
+@pytest.mark.tensorflow
+def test_not_applied_on_tensorflow():
+    model = build_model()
+    assert speed_up(model) == [] and _rebound(model) == []
+
+
+def test_config_and_saved_file_are_the_original(tmp_path):
+    model = compile_model(build_model())
+    assert model.get_config() == _plain_twin(model).get_config()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        layers = {layer["name"]: layer for layer in json.loads(archive.read("config.json"))["config"]["layers"]}
+    assert layers["conv1"]["class_name"] == "Conv2D" and layers["conv1"]["config"]["padding"] == "valid"
+    assert layers["MP1"]["class_name"] == "MaxPooling2D"
+    # A fresh process with plain Keras reads it back as the original layers.
+    script = ("import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+              "print(type(m.get_layer('conv1')).__name__, m.get_layer('conv1').padding, type(m.get_layer('MP1')).__name__)")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": BACKEND})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["Conv2D", "valid", "MaxPooling2D"]
+
+
+@pytest.mark.jax
+def test_outputs_and_gradients_equal_the_plain_model(images):
+    import jax
+
+    x, y = images
+    model = build_model()
+    twin = _plain_twin(model)
+    # One state for both: the same weights, batch statistics and dropout seed.
+    state = ([np.array(v) for v in model.trainable_variables], [np.array(v) for v in model.non_trainable_variables])
+
+    def loss(trainable, network):
+        probabilities, _ = network.stateless_call(trainable, state[1], x, training=True)
+        return keras.losses.categorical_crossentropy(y, probabilities).mean()
+
+    np.testing.assert_allclose(model.predict(x, verbose=0), twin.predict(x, verbose=0), atol=1e-5, rtol=0)
+    fast, plain = jax.grad(loss)(state[0], model), jax.grad(loss)(state[0], twin)
+    for variable, a, b in zip(model.trainable_variables, fast, plain, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=variable.path)
+
+
+@pytest.mark.jax
+def test_max_pool_gradient_goes_to_the_first_maximum_as_keras_does():
+    import jax
+
+    # Many ties: values on a coarse grid, whole windows of zeros, of ones, and one repeated maximum per window.
+    rng = np.random.default_rng(0)
+    x = np.round(rng.uniform(0, 3, (4, 8, 8, 3))).astype(np.float32)
+    x[:, :2, :2] = 0.0
+    x[:, 2:4, :2] = 1.0
+    grad = rng.normal(size=(4, 4, 4, 3)).astype(np.float32)
+    model = build_model()
+    fast_pool = model.get_layer("MP1").call
+
+    def keras_pool(x):
+        return keras.ops.max_pool(x, (2, 2), strides=(2, 2), padding="valid")
+
+    fast_y, fast_vjp = jax.vjp(fast_pool, x)
+    plain_y, plain_vjp = jax.vjp(keras_pool, x)
+    np.testing.assert_array_equal(fast_y, plain_y)
+    np.testing.assert_array_equal(fast_vjp(grad)[0], plain_vjp(grad)[0])
