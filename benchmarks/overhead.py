@@ -1,7 +1,7 @@
 """The project's training path against a plain Keras 3 training loop of the same model, side by side.
 
     python -m benchmarks.overhead [--backends tensorflow,jax] [--rounds 3] [--epochs 3] [--images 12800]
-                                  [--paths project,seeded,best] [--out DIR]
+                                  [--paths project,best] [--out DIR]
 
 Each backend runs in one fresh worker process, which alternates, round by
 round, a plain loop (``model.fit`` on arrays, ``verbose=0``, the test set as
@@ -9,9 +9,12 @@ validation data) and the project's ``training.train`` (its data loading,
 feeding, callbacks, progress bar and validation) on the same images. An epoch
 is timed from one epoch end to the next, validation included, so everything
 the loop does between steps counts; the first epoch (compilation) is left out.
-Paths: ``project`` is ``mnist-mb train`` (the original recipe, unseeded);
-``seeded`` adds ``--seed`` (on TensorFlow it feeds ``EpochBatches``);
-``best`` is ``--recipe best`` (augmented batches).
+The plain loop runs twice: as Keras's default (``shuffle=True``), and
+without shuffling (``plain-unshuffled``: not a training recipe, since every
+epoch sees one order, but a bound on what feeding costs).
+Paths: ``project`` is ``mnist-mb train`` (the original recipe: ``EpochBatches``,
+and on TensorFlow 32 steps per execution); ``best`` is ``--recipe best``
+(the same, with augmented batches).
 
 Prints and writes (``results.json``, ``results.md``) each path's images/s and
 its ratio to the plain loop: the median over rounds of the per-round ratios.
@@ -32,7 +35,7 @@ from pathlib import Path
 from mnist_multibackend.atomic import write_text
 from mnist_multibackend.runtime import BACKENDS
 
-PATHS = {"project": {}, "seeded": {"seed": 1}, "best": {"recipe": "best"}}
+PATHS = {"project": {}, "best": {"recipe": "best"}}
 
 
 def parse_args(argv=None):
@@ -91,11 +94,11 @@ def worker(args) -> dict:
     x, y = data.as_model_input(dataset.x_train[:args.images]), data.one_hot(dataset.y_train[:args.images])
     x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
 
-    def plain() -> list[float]:
+    def plain(shuffle=True) -> list[float]:
         model = compile_model(build_model())
         clock = ElapsedClock(time.perf_counter())
         model.fit(x, y, batch_size=128, epochs=args.epochs, validation_data=(x_test, y_test), verbose=0,
-                  callbacks=[clock])
+                  shuffle=shuffle, callbacks=[clock])
         return clock.seconds
 
     def project(**settings) -> list[float]:
@@ -105,7 +108,8 @@ def worker(args) -> dict:
                   callbacks=[clock])
         return clock.seconds
 
-    contenders = {"plain": plain, **{path: (lambda s=PATHS[path]: project(**s)) for path in args.paths}}
+    contenders = {"plain": plain, "plain-unshuffled": lambda: plain(shuffle=False),
+                  **{path: (lambda s=PATHS[path]: project(**s)) for path in args.paths}}
     speeds = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         for name, run in contenders.items():

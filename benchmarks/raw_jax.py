@@ -2,7 +2,10 @@
 
 A reference with no Keras in the loop, so that Keras's overhead on the JAX
 backend shows as a ratio. It computes what the Keras model computes (see
-``core``); the worker checks that its predictions match Keras's.
+``core``); the worker checks that its predictions match Keras's. On a CPU it
+uses the formulations that the project's model runs there
+(``mnist_multibackend.jax_cpu``: ``conv1`` as a SAME convolution cropped by one
+pixel, the max pools' gradient as a mask), so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -12,17 +15,35 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mnist_multibackend.jax_cpu import SAME_PADDED_CONVS, max_pool_with_mask_gradient
+
 from .core import CONVS, DENSES, NORMS, POOL_AFTER, CoreSpec
 
 FRAMEWORK = "jax.lax + jax.jit"
 _LAYOUT = ("NHWC", "HWIO", "NHWC")  # Keras's channels-last images and (h, w, in, out) kernels
 
 
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def _conv(name: str, x, kernel):
+    if _on_cpu() and name in SAME_PADDED_CONVS:  # 3x3: SAME, then one pixel off each side
+        return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_LAYOUT)[:, 1:-1, 1:-1, :]
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_LAYOUT)
+
+
+def _max_pool(x):
+    if _on_cpu():
+        return max_pool_with_mask_gradient((2, 2))(x)
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
 def forward(spec: CoreSpec, params, moving, x, training: bool, key=None):
     """``x`` float32 ``(n, 28, 28, 1)`` -> ``(logits (n, 10), updated moving statistics)``."""
     new_moving = dict(moving)
     for conv, norm in zip(CONVS, NORMS):
-        x = lax.conv_general_dilated(x, params[f"{conv}/kernel"], (1, 1), "VALID", dimension_numbers=_LAYOUT)
+        x = _conv(conv, x, params[f"{conv}/kernel"])
         x = x + params[f"{conv}/bias"]
         if training:
             mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
@@ -34,7 +55,7 @@ def forward(spec: CoreSpec, params, moving, x, training: bool, key=None):
         x = (x - mean) * lax.rsqrt(var + spec.bn_epsilon) * params[f"{norm}/gamma"] + params[f"{norm}/beta"]
         x = jax.nn.relu(x)
         if conv in POOL_AFTER:
-            x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            x = _max_pool(x)
     keys = jax.random.split(key, 2) if training else (None, None)
     x = _dropout(x, spec.dropout_rates[0], keys[0])
     x = x.reshape(x.shape[0], -1)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=_positive_float,
                        help="override the recipe's (under a schedule: its peak)")
     train.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+    train.add_argument("--steps-per-execution", type=_positive_int, metavar="N",
+                       help="batches per call of the compiled training step (default: 32 on TensorFlow, "
+                            "1 on JAX; progress and callbacks update every N batches)")
     train.add_argument("--seed", type=int, help="make the run repeatable on the same backend")
     train.add_argument("--out", default="runs/latest", help="run folder to write (default: runs/latest)")
     train.add_argument("--no-validate", dest="validate", action="store_false",
@@ -213,6 +216,7 @@ def run_train(args) -> int:
 
     config = TrainConfig(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, limit=args.limit, seed=args.seed,
+                         steps_per_execution=args.steps_per_execution,
                          data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
                          legacy_artifacts=args.legacy_artifacts, checkpoint_dir=args.checkpoint_dir,
                          resume=args.resume)

@@ -55,7 +55,7 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] = SAME_PADDE
             layer.convolution_op = functools.partial(_same_padded_then_cropped, layer)
             changed.append(layer.name)
         elif mask_pool_gradient and _non_overlapping_max_pool(layer):
-            layer.call = _max_pool_with_mask_gradient(tuple(layer.pool_size))
+            layer.call = max_pool_with_mask_gradient(tuple(layer.pool_size))
             changed.append(layer.name)
     return changed
 
@@ -81,7 +81,7 @@ def _non_overlapping_max_pool(layer) -> bool:
             and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size))
 
 
-def _max_pool_with_mask_gradient(pool_size: tuple[int, int]):
+def max_pool_with_mask_gradient(pool_size: tuple[int, int]):
     """A max pool over ``pool_size`` windows (float ``(n, h, w, c)`` -> ``(n, h / ph, w / pw, c)``)
     whose gradient is the first-maximum mask described in the module's docstring, when the windows
     tile the input exactly; otherwise Keras's own."""

@@ -18,7 +18,9 @@ from mnist_multibackend import report
 
 EPOCHS, BATCH, LIMIT = 3, 32, 1024
 STEPS = LIMIT // BATCH
-TRAIN = ("train", "--epochs", EPOCHS, "--batch-size", BATCH, "--limit", LIMIT, "--seed", 3, "--no-validate")
+# One step per execution: the kill waits for the progress bar to show a step inside epoch 2.
+TRAIN = ("train", "--epochs", EPOCHS, "--batch-size", BATCH, "--limit", LIMIT, "--seed", 3, "--no-validate",
+         "--steps-per-execution", 1)
 
 
 def _kill_in_epoch_2(args, timeout=600) -> str:

@@ -62,7 +62,7 @@ def test_overhead_benchmark_compares_the_project_with_plain_keras(tmp_path, mnis
     (backend,) = json.loads((tmp_path / "results.json").read_text())["backends"]
     assert backend["backend"] == BACKEND
     rows = {row["path"]: row for row in backend["rows"]}
-    assert set(rows) == {"plain", "project", "best"}
+    assert set(rows) == {"plain", "plain-unshuffled", "project", "best"}
     assert rows["plain"]["ratio_to_plain"] == 1.0
     for row in rows.values():
         assert row["images_per_second"] > 0 and len(row["rounds_ratio_to_plain"]) == 1
