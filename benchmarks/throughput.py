@@ -123,7 +123,7 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     import keras
 
     from mnist_multibackend.model import build_model, compile_model
-    from mnist_multibackend.training import EpochTimer
+    from mnist_multibackend.training import STEPS_PER_EXECUTION, EpochTimer
 
     from .core import batches, spec_from_keras
     from .timing import measure, paired_ratio, timed
@@ -134,6 +134,8 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
     # and the speed does not depend on the initial weights.
     model = compile_model(build_model())
+    # As mnist-mb train runs it: 32 batches per execution on TensorFlow, 1 on JAX.
+    model.steps_per_execution = STEPS_PER_EXECUTION[runtime.backend]
     jit_compile = bool(getattr(model, "jit_compile", False))
     device_batches = _raw_class(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
 
@@ -162,7 +164,8 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     for mode, measured in (("train", train), ("infer", infer)):
         ratio = paired_ratio(measured["keras"], measured["raw"])
         rows.append({**_row("keras", mode, measured["keras"]), "keras_to_raw": ratio,
-                     "framework": f"keras {keras.__version__}: model.fit / model.predict"})
+                     "framework": f"keras {keras.__version__}: model.fit / model.predict, "
+                                  f"{model.steps_per_execution} steps per execution"})
         rows.append({**_row("raw", mode, measured["raw"]), "framework": trainer.framework,
                      "max_abs_diff_vs_keras": difference})
     return rows

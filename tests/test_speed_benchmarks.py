@@ -13,7 +13,7 @@ from conftest import BACKEND, REPO, assert_clean_error, cli
 
 def _run(backend, recipe, seconds, accuracy, epoch):
     return {"backend": backend, "recipe": recipe, "epochs": 4, "seconds_to_target": seconds, "epoch_reached": epoch,
-            "test_accuracy": accuracy, "process_seconds": 100.0, "steady_images_per_second": 3000.0,
+            "test_accuracy": accuracy, "process_seconds": 100.0 + (seconds or 0), "steady_images_per_second": 3000.0,
             "load_average_1min": 1.0}
 
 
@@ -26,7 +26,7 @@ def test_the_summary_takes_medians_over_runs_and_counts_runs_that_missed():
     assert tf["median_test_accuracy"] == 0.9940 and tf["min_test_accuracy"] == 0.9920
     assert (jax["reached"], jax["median_seconds_to_target"]) == (0, None)
     text = table([tf, jax])
-    assert "| tensorflow | fast | 4 | 3 | 2 of 3 | 85 (80–90) | 3 | 99.40% (99.20%–99.50%)" in text
+    assert "| tensorflow | fast | 4 | 3 | 2 of 3 | 85 (80–90) | 3 | 99.40% (99.20%–99.50%) | 180 (100–190) |" in text
     assert "| jax | fast | 4 | 1 | 0 of 1 | not reached |" in text
 
 

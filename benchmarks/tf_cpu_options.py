@@ -1,0 +1,120 @@
+"""TensorFlow on the CPU: the training throughput of one option at a time, each in a fresh process.
+
+    python -m benchmarks.tf_cpu_options [--images 19200] [--windows 3] [--out DIR]
+
+Every variant trains the model with ``model.fit`` on real MNIST images, fed as
+the project feeds them (``training.EpochBatches``), and changes one thing
+against the project's default (32 steps per execution, batch 128, TensorFlow's
+own thread pools, oneDNN on, float32): steps per execution, inter-op threads,
+batch size, oneDNN, mixed ``bfloat16`` precision. Threads and oneDNN must be
+set before TensorFlow starts, hence a process per variant. The figure is the
+median of ``--windows`` epochs of ``--images`` images after a warm-up; the
+default variant runs first and last, to show how far the machine drifted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnist_multibackend.atomic import write_text
+
+DEFAULT = {"steps_per_execution": 32, "batch_size": 128}
+VARIANTS = [
+    ("default (EpochBatches, 32 steps per execution)", {}),
+    ("1 step per execution", {"steps_per_execution": 1}),
+    ("8 steps per execution", {"steps_per_execution": 8}),
+    ("128 steps per execution", {"steps_per_execution": 128}),
+    ("inter-op threads 1", {"inter_op_threads": 1}),
+    ("intra-op threads 1", {"intra_op_threads": 1}),
+    ("batch 256 (changes the recipe)", {"batch_size": 256}),
+    ("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)", {"onednn": False}),
+    ("mixed_bfloat16 (changes the numerics)", {"policy": "mixed_bfloat16"}),
+    ("default again", {}),
+]
+
+
+def worker(settings: dict, images: int, windows: int, data_path: str | None) -> dict:
+    if settings.get("onednn") is False:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow loads
+    from mnist_multibackend.runtime import start
+
+    start("tensorflow", "cpu")
+    import keras
+    import tensorflow as tf
+
+    if "inter_op_threads" in settings:
+        tf.config.threading.set_inter_op_parallelism_threads(settings["inter_op_threads"])
+    if "intra_op_threads" in settings:
+        tf.config.threading.set_intra_op_parallelism_threads(settings["intra_op_threads"])
+    if "policy" in settings:
+        keras.mixed_precision.set_global_policy(settings["policy"])
+    from mnist_multibackend import data
+    from mnist_multibackend.model import build_model, compile_model
+    from mnist_multibackend.training import EpochBatches
+
+    options = {**DEFAULT, **settings}
+    dataset = data.load_dataset(data_path)
+    x, y = data.as_model_input(dataset.x_train[:images]), data.one_hot(dataset.y_train[:images])
+    model = compile_model(build_model())
+    model.steps_per_execution = options["steps_per_execution"]
+    batches = EpochBatches(x, y, options["batch_size"], seed=0)
+    model.fit(batches, epochs=1, verbose=0)  # warm-up: tracing and compilation
+    rates = []
+    for epoch in range(1, windows + 1):
+        batches.epoch = epoch
+        start_time = time.perf_counter()
+        model.fit(batches, epochs=1, verbose=0)
+        rates.append(images / (time.perf_counter() - start_time))
+    return {"images_per_second": statistics.median(rates), "windows_images_per_second": rates,
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tf_cpu_options", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=19200)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--data")
+    parser.add_argument("--out", default="runs/tf-cpu-options")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON settings of one variant
+    args = parser.parse_args(argv)
+    if args.worker:
+        answer, sys.stdout = sys.stdout, sys.stderr
+        print(json.dumps(worker(json.loads(args.worker), args.images, args.windows, args.data)), file=answer)
+        return 0
+    rows = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for name, settings in VARIANTS:
+        command = [sys.executable, "-m", "benchmarks.tf_cpu_options", "--worker", json.dumps(settings),
+                   "--images", str(args.images), "--windows", str(args.windows)]
+        command += ["--data", args.data] if args.data else []
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        if done.returncode != 0:
+            print(f"tf-cpu-options: {name}: the worker exited with status {done.returncode}", file=sys.stderr)
+            return 1
+        rows.append({"variant": name, "settings": settings, **json.loads(done.stdout.strip().splitlines()[-1])})
+        print(f"tf-cpu-options: {name}: {rows[-1]['images_per_second']:,.0f} images/s", file=sys.stderr, flush=True)
+    base = rows[0]["images_per_second"]
+    lines = ["| variant | images/s (median) | ÷ default | windows | load 1 min |", "|---|---|---|---|---|"]
+    for row in rows:
+        windows = ", ".join(f"{r:,.0f}" for r in row["windows_images_per_second"])
+        lines.append(f"| {row['variant']} | {row['images_per_second']:,.0f} | {row['images_per_second'] / base:.2f} "
+                     f"| {windows} | {row['load_average_1min']:.2f} |")
+    table = "\n".join(lines)
+    command = "python -m benchmarks.tf_cpu_options " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.json", json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    write_text(out / "results.md", f"# TensorFlow CPU options\n\nCommand: `{command}`\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
