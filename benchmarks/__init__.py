@@ -14,6 +14,16 @@ Run them with ``mnist-mb bench [--quick] [--out DIR]``. The pieces:
 - ``datapath``: IDX -> CSV conversion and CSV loading, against the original per-byte loop.
 - ``report``: the Markdown table and the bar chart.
 
+And the training-speed studies, each a command of its own:
+
+- ``time_to_accuracy``: ``mnist-mb time-to-accuracy``, seconds from a fresh
+  process to 99.25 % test accuracy per backend and recipe.
+- ``overhead``: the project's training path against a plain Keras loop.
+- ``tf_cpu_options``: TensorFlow CPU options (steps per execution, threads,
+  batch, oneDNN, bfloat16), one fresh process each.
+- ``profile_jax``: where one JAX/CPU training step spends its time, per XLA
+  operation and layer; ``jax_cpu_remedies``: the JAX/CPU forms against Keras's own.
+
 Nothing in this package imports Keras at import time: the worker chooses the
 backend first, as the command line does.
 """

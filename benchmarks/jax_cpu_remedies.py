@@ -6,7 +6,7 @@ Run::
 
 Each variant is the plain model (Keras's own computations) with some of
 ``mnist_multibackend.jax_cpu``'s forms applied: each convolution on its own as
-SAME + crop, the max pools' mask gradient, and ``kept``, what ``build_model``
+SAME + crop, the max pools' mask gradient, and ``kept``, what ``training.train``
 applies. All start from the same state (weights, optimizer, dropout seed).
 
 - correctness: the largest difference from the plain model in the predicted

@@ -2,10 +2,11 @@
 
 A reference with no Keras in the loop, so that Keras's overhead on the JAX
 backend shows as a ratio. It computes what the Keras model computes (see
-``core``); the worker checks that its predictions match Keras's. On a CPU it
-uses the formulations that the project's model runs there
+``core``); the worker checks that its predictions match Keras's. Its training
+step on a CPU uses the forms that ``mnist-mb train`` runs there
 (``mnist_multibackend.jax_cpu``: ``conv1`` as a SAME convolution cropped by one
-pixel, the max pools' gradient as a mask), so the ratio compares like with like.
+pixel, the max pools' gradient as a mask), and its prediction Keras's own, as
+``mnist-mb predict`` does, so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _conv(name: str, x, kernel):
-    if _on_cpu() and name in SAME_PADDED_CONVS:  # 3x3: SAME, then one pixel off each side
+def _conv(name: str, x, kernel, training: bool):
+    if training and _on_cpu() and name in SAME_PADDED_CONVS:  # 3x3: SAME, then one pixel off each side
         return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_LAYOUT)[:, 1:-1, 1:-1, :]
     return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_LAYOUT)
 
 
-def _max_pool(x):
-    if _on_cpu():
+def _max_pool(x, training: bool):
+    if training and _on_cpu():
         return max_pool_with_mask_gradient((2, 2))(x)
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
@@ -43,7 +44,7 @@ def forward(spec: CoreSpec, params, moving, x, training: bool, key=None):
     """``x`` float32 ``(n, 28, 28, 1)`` -> ``(logits (n, 10), updated moving statistics)``."""
     new_moving = dict(moving)
     for conv, norm in zip(CONVS, NORMS):
-        x = _conv(conv, x, params[f"{conv}/kernel"])
+        x = _conv(conv, x, params[f"{conv}/kernel"], training)
         x = x + params[f"{conv}/bias"]
         if training:
             mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
@@ -55,7 +56,7 @@ def forward(spec: CoreSpec, params, moving, x, training: bool, key=None):
         x = (x - mean) * lax.rsqrt(var + spec.bn_epsilon) * params[f"{norm}/gamma"] + params[f"{norm}/beta"]
         x = jax.nn.relu(x)
         if conv in POOL_AFTER:
-            x = _max_pool(x)
+            x = _max_pool(x, training)
     keys = jax.random.split(key, 2) if training else (None, None)
     x = _dropout(x, spec.dropout_rates[0], keys[0])
     x = x.reshape(x.shape[0], -1)

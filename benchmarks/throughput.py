@@ -123,6 +123,7 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     import keras
 
     from mnist_multibackend.model import build_model, compile_model
+    from mnist_multibackend.jax_cpu import speed_up
     from mnist_multibackend.training import STEPS_PER_EXECUTION, EpochTimer
 
     from .core import batches, spec_from_keras
@@ -133,8 +134,10 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
                   windows=args.windows)
     # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
     # and the speed does not depend on the initial weights.
-    model = compile_model(build_model())
-    # As mnist-mb train runs it: 32 batches per execution on TensorFlow, 1 on JAX.
+    # As mnist-mb train runs it: the JAX/CPU forms, 32 batches per execution on TensorFlow, 1 on JAX.
+    model = build_model()
+    speed_up(model)
+    model = compile_model(model)
     model.steps_per_execution = STEPS_PER_EXECUTION[runtime.backend]
     jit_compile = bool(getattr(model, "jit_compile", False))
     device_batches = _raw_class(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
@@ -148,18 +151,22 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
 
     def keras_infer(steps: int) -> float:
         # The whole predict() call: it returns host arrays, so it has waited for the device.
-        return timed(lambda: model.predict(x[:steps * batch_size], batch_size=batch_size, verbose=0))
+        return timed(lambda: predictor_model.predict(x[:steps * batch_size], batch_size=batch_size, verbose=0))
 
     trainer = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
     train = measure({"keras": keras_train, "raw": lambda steps: timed(lambda: trainer.train(device_batches[:steps]))},
                     **window)
-    # A fresh reference with the trained model's weights, so that both predict the same thing.
+    # Prediction as mnist-mb predict runs it: a model with Keras's own computations (see jax_cpu),
+    # holding the trained weights; and a fresh reference with them, so that both predict the same thing.
+    predictor_model = build_model()
+    predictor_model.set_weights(model.get_weights())
+    predictor_model.steps_per_execution = model.steps_per_execution
     predictor = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
     infer = measure({"keras": keras_infer, "raw": lambda steps: timed(lambda: predictor.predict(device_batches[:steps]))},
                     **window)
     # The reference must compute what the model computes: same weights in, same probabilities out.
     difference = float(np.max(np.abs(predictor.predict(device_batches[:1])[0]
-                                     - model.predict(x[:batch_size], batch_size=batch_size, verbose=0))))
+                                     - predictor_model.predict(x[:batch_size], batch_size=batch_size, verbose=0))))
     rows = []
     for mode, measured in (("train", train), ("infer", infer)):
         ratio = paired_ratio(measured["keras"], measured["raw"])
@@ -184,8 +191,11 @@ def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
 
     from .timing import measure
 
+    from mnist_multibackend.jax_cpu import speed_up
+
     replicas = data_parallel(runtime, args.replicas)
     model = replicas.build_model()
+    speed_up(model)  # as train() does
     x_local, y_local, local_batch = replicas.local_share(x, y, batch_size)
 
     def keras_train(steps: int) -> float:

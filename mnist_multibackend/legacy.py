@@ -48,7 +48,6 @@ from keras.src.saving.serialization_lib import SafeModeScope
 
 from .atomic import atomic_path, write_text
 from .errors import InputError, first_line
-from .jax_cpu import speed_up
 
 # The file names the original project wrote, and `mnist-mb train --legacy-artifacts` writes again.
 H5_NAME = "MNIST_keras_CNN.h5"
@@ -295,15 +294,11 @@ def model_from_keras2_config(model_config, source="model config") -> keras.Model
         cls = keras.Sequential if keras3["class_name"] == "Sequential" else keras.Model
         # Safe mode even if the process enabled unsafe deserialization elsewhere.
         with SafeModeScope(True):
-            model = cls.from_config(keras3["config"])
+            return cls.from_config(keras3["config"])
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
         raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
-    # As build_model does: on JAX/CPU every model the project makes runs the same faster forms,
-    # so that models built, loaded from .keras and from Keras 2 files predict bit for bit alike.
-    speed_up(model)
-    return model
 
 
 def model_from_yaml(text: str, source="YAML") -> keras.Model:

@@ -13,7 +13,6 @@ import keras
 from keras import layers
 
 from .errors import InputError, first_line
-from .jax_cpu import speed_up
 from .legacy import load_legacy_h5
 
 INPUT_SHAPE = (28, 28, 1)
@@ -51,9 +50,7 @@ def build_model(synchronized_batch_norm: bool = False) -> keras.Model:
     x = layers.Dense(256, activation="relu", name="fc1")(x)
     x = layers.Dropout(0.4, name="dropout_2")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="fco")(x)
-    model = keras.Model(inputs, outputs, name="mnist_cnn")
-    speed_up(model)  # on JAX/CPU only; the config and saved files stay the original's
-    return model
+    return keras.Model(inputs, outputs, name="mnist_cnn")
 
 
 def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Model:
@@ -70,21 +67,18 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
     """Load a ``.keras`` model file, or a Keras 2 full-model ``.h5``, with no code from the file running.
 
     ``.keras`` loads with Keras's ``safe_mode`` on; ``.h5``/``.hdf5`` go to
-    ``legacy.load_legacy_h5`` (optimizer state included). On JAX/CPU the model
-    then runs the faster forms of ``jax_cpu.speed_up``, as a built one does. Raises
+    ``legacy.load_legacy_h5`` (optimizer state included). Raises
     ``InputError`` with one line when the file is missing or is not a model.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "is not a file")
     if path.suffix.lower() in LEGACY_SUFFIXES:
-        return load_legacy_h5(path, compile=compile)  # built by legacy.model_from_keras2_config, sped up there
+        return load_legacy_h5(path, compile=compile)
     if path.suffix != ".keras":
         raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file or a Keras 2 .h5")
     try:
-        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
         detail = first_line(err)
         raise InputError(path, f"not a loadable Keras model ({detail})") from None
-    speed_up(model)
-    return model

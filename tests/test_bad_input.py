@@ -137,6 +137,8 @@ BAD_INPUT = [
     Case("a checkpoint of other settings", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
          {"ck/checkpoint.json": json.dumps(CHECKPOINT).encode(), "ck/epoch-0001.weights.h5": b""},
          ("checkpoint.json", "other settings (", "epochs 5 there, 1 now")),
+    Case("augmented batches on several replicas", TRAIN + ("--recipe", "best", "--distribute"), {},
+         ("--distribute", "not supported with --recipe best")),
     Case("checkpoints of a data-parallel run", TRAIN + ("--distribute", "--checkpoint-dir", "{tmp}/ck"), {},
          ("--checkpoint-dir", "not supported with --distribute")),
     Case("a corrupt checkpoint", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
