@@ -13,6 +13,7 @@ Run them with ``mnist-mb bench [--quick] [--out DIR]``. The pieces:
 - ``core``, ``raw_jax``, ``raw_tf``: the same network without Keras, as references.
 - ``datapath``: IDX -> CSV conversion and CSV loading, against the original per-byte loop.
 - ``report``: the Markdown table and the bar chart.
+- ``workers``: a worker process's environment and its one JSON answer.
 
 And the training-speed studies, each a command of its own:
 

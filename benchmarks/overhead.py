@@ -35,6 +35,8 @@ from pathlib import Path
 from mnist_multibackend.atomic import write_text
 from mnist_multibackend.runtime import BACKENDS
 
+from .workers import answer_json, worker_env
+
 PATHS = {"project": {}, "best": {"recipe": "best"}}
 
 
@@ -56,9 +58,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        answer, sys.stdout = sys.stdout, sys.stderr  # Keras's progress bar must not corrupt the JSON answer
-        print(json.dumps(worker(args)), file=answer, flush=True)
-        return 0
+        return answer_json(lambda: worker(args))
     load_before = os.getloadavg()[0]
     results = {"command": "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
                "load_average_before": load_before, "rounds": args.rounds, "epochs": args.epochs,
@@ -67,9 +67,8 @@ def main(argv=None) -> int:
         command = [sys.executable, "-m", "benchmarks.overhead", "--worker", backend, "--paths", ",".join(args.paths),
                    "--rounds", str(args.rounds), "--epochs", str(args.epochs), "--images", str(args.images)]
         command += ["--data", args.data] if args.data else []
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
         print(f"overhead: {backend}: a fresh worker process", file=sys.stderr, flush=True)
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=worker_env())
         if done.returncode != 0:
             print(f"overhead: the {backend} worker exited with status {done.returncode}", file=sys.stderr)
             return 1

@@ -24,9 +24,9 @@ from mnist_multibackend.runtime import BACKENDS
 
 from . import datapath, report
 from .throughput import unavailable_row
+from .workers import ERROR_PREFIX, worker_env
 
 DEVICES = ("cpu", "gpu")
-ERROR_PREFIX = "mnist-mb: error: "
 # Full: the matrix the README shows. Quick: the same schema in about 90 s (the test suite runs it).
 # Replica counts on the CPU: 2 logical devices share the same cores, so their efficiency shows
 # the data-parallel engine's overhead, not a speed-up; on GPUs, every visible GPU is added.
@@ -167,14 +167,10 @@ def run_worker(backend: str, device: str, settings: dict, data_path: str | None,
 
 
 def _worker_env() -> dict:
-    env = dict(os.environ)
-    # The workers must import this very code, even when another copy of the project is installed.
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env = worker_env()
     # Each worker chooses its device itself (runtime.start); an inherited JAX_PLATFORMS=cpu would
     # hide a GPU from the gpu worker and make it report the GPU as missing.
     env.pop("JAX_PLATFORMS", None)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from mnist_multibackend.atomic import write_text
 
+from .workers import answer_json, worker_env
+
 DEFAULT = {"steps_per_execution": 32, "batch_size": 128}
 VARIANTS = [
     ("default (EpochBatches, 32 steps per execution)", {}),
@@ -85,16 +87,13 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON settings of one variant
     args = parser.parse_args(argv)
     if args.worker:
-        answer, sys.stdout = sys.stdout, sys.stderr
-        print(json.dumps(worker(json.loads(args.worker), args.images, args.windows, args.data)), file=answer)
-        return 0
+        return answer_json(lambda: worker(json.loads(args.worker), args.images, args.windows, args.data))
     rows = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
     for name, settings in VARIANTS:
         command = [sys.executable, "-m", "benchmarks.tf_cpu_options", "--worker", json.dumps(settings),
                    "--images", str(args.images), "--windows", str(args.windows)]
         command += ["--data", args.data] if args.data else []
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=worker_env())
         if done.returncode != 0:
             print(f"tf-cpu-options: {name}: the worker exited with status {done.returncode}", file=sys.stderr)
             return 1

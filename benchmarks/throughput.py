@@ -16,7 +16,6 @@ training; the same first images are used for every window.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 
@@ -24,6 +23,8 @@ import numpy as np
 
 from mnist_multibackend.errors import InputError
 from mnist_multibackend.runtime import BACKENDS, machine, start
+
+from .workers import answer_json
 
 MAX_IMAGES = 60000  # the whole training split at most: windows never repeat an image within themselves
 PEAK_WINDOWS_BETWEEN = 2  # matmul windows after each batch size, besides the first --windows ones
@@ -49,15 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    answer = sys.stdout
-    sys.stdout = sys.stderr  # anything a library prints must not corrupt the JSON answer
-    try:
-        report = run(args)
-    except InputError as err:
-        print(f"mnist-mb: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(report), file=answer, flush=True)
-    return 0
+    return answer_json(lambda: run(args))
 
 
 def run(args) -> dict:

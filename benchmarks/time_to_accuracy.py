@@ -32,7 +32,7 @@ from mnist_multibackend.errors import InputError  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, machine  # noqa: E402
 
-ERROR_PREFIX = "mnist-mb: error: "
+from .workers import ERROR_PREFIX, answer_json, worker_env  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ def run_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict:
         command += (["--epochs", str(config.epochs)] if config.epochs else [])
         command += (["--limit", str(config.limit)] if config.limit else [])
         launched = time.perf_counter()
-        worker = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_worker_env())
+        worker = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
         process_seconds = time.perf_counter() - launched
     error = next((line for line in worker.stderr.splitlines() if line.startswith(ERROR_PREFIX)), None)
     if worker.returncode == 2 and error:  # bad input (e.g. no MNIST data): the worker's one line, once
@@ -203,14 +203,6 @@ def _read_history(path: Path) -> dict:
     return {key: [float(row[key]) for row in rows] for key in rows[0]}
 
 
-def _worker_env() -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])  # the workers import this very code
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
 def _log(message: str) -> None:
     print(f"time-to-accuracy: {message}", file=sys.stderr, flush=True)
 
@@ -225,14 +217,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--limit", type=int)
     args = parser.parse_args(argv)
-    answer, sys.stdout = sys.stdout, sys.stderr  # Keras's progress bar must not corrupt the JSON answer
-    try:
-        result = worker(args)
-    except InputError as err:
-        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result), file=answer, flush=True)
-    return 0
+    return answer_json(lambda: worker(args))
 
 
 if __name__ == "__main__":
