@@ -18,16 +18,16 @@ METRIC_KEYS = {"backend", "backend_version", "keras_version", "device", "devices
 def test_train_smoke_writes_a_complete_run(trained_run):
     out, result = trained_run
     assert f"backend {BACKEND}" in result.stderr and "device cpu" in result.stderr
-    assert "Epoch 2/2" in result.stdout and "250/250" in result.stdout  # Keras's progress bar
+    assert "Epoch 3/3" in result.stdout and "250/250" in result.stdout  # Keras's progress bar
     metrics = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= metrics.keys()
-    assert (metrics["backend"], metrics["device"], metrics["epochs"], metrics["batch_size"]) == (BACKEND, "cpu", 2, 16)
+    assert (metrics["backend"], metrics["device"], metrics["epochs"], metrics["batch_size"]) == (BACKEND, "cpu", 3, 16)
     assert metrics["train_images"] == 4000 and metrics["test_images"] == 10000
     assert metrics["train_images_per_second"] > 0 and metrics["train_seconds"] > 0
     # 500 real steps of the original recipe already classify most digits
     assert 0.8 < metrics["test_accuracy"] <= 1.0
     rows = list(csv.DictReader((out / "history.csv").open()))
-    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "train_seconds"} <= rows[0].keys()
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-4)
 
