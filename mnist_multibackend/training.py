@@ -32,9 +32,10 @@ from .recipes import (DEFAULT_RECIPE, RECIPES, TARGET_ACCURACY, learning_rate_sc
 from .runtime import Runtime, machine, make_deterministic
 
 EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
-# Batches per call of the compiled training step. On TensorFlow/CPU one call per batch leaves the
-# cores waiting on Python and tf.data between steps: 32 per call trained 1.6x faster here
-# (README, "Performance"); on JAX it made no difference, and 1 keeps the progress bar per batch.
+# Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
+# back to Python and tf.data between every two steps; with EpochBatches, 32 per call trained 1.41x
+# faster than plain Keras here (README, "Performance"); on JAX it made no difference, and 1 keeps
+# the progress bar per batch.
 STEPS_PER_EXECUTION = {"tensorflow": 32, "jax": 1}
 
 
@@ -127,10 +128,9 @@ class EpochBatches(keras.utils.PyDataset):
     """Training batches in a fresh order each epoch, drawn from ``seed`` and the epoch number, and
     randomly distorted when the recipe augments. Every single-device run is fed by it.
 
-    Why not Keras's own shuffling of arrays: on TensorFlow/CPU that shuffle
-    (a gather inside ``tf.data``) competes with the training step for the two
-    cores, and with a seed it repeats one order every epoch; these batches,
-    with several steps per execution, trained 1.6x faster (README, "Performance").
+    Why not Keras's own shuffling of arrays: on TensorFlow, with a seed, it
+    repeats one order every epoch, and these batches with 32 steps per execution
+    trained 1.41x faster than it on this 2-core CPU (README, "Performance").
     The order depends on the epoch number alone (not on how many epochs this
     object has served), so a resumed run draws what the interrupted one would
     have; ``fit`` tells the epoch through the ``follow_epochs`` callback.
