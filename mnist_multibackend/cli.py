@@ -8,15 +8,28 @@ status 2 and one line on stderr; results go to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from . import __version__
+from . import native_logs
 from .errors import InputError
+from .predict import INVERT_CHOICES
 from .recipes import DEFAULT_RECIPE, RECIPES, TARGET_ACCURACY
 from .runtime import BACKENDS, DEVICES
 
 EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block), like every other bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"mnist-mb: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -26,38 +39,41 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
                         help="auto: a GPU when the backend sees one; gpu: fail without one (default: auto)")
 
 
-def _positive_int(text: str) -> int:
+# Flags are parsed here and checked by the library function they are handed to, once: the
+# command line and a Python caller get the same one-line refusal.
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
-    return value
+
+
+def _subcommand(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true",
+                         help="also show the backends' own start-up messages and third-party warnings")
+    return commands.add_parser(name, parents=[verbose], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-mb", description="Train, evaluate, benchmark and use the "
-                                     "2017 MNIST CNN on TensorFlow or JAX; read and write its Keras 2 files.")
+    parser = _Parser(prog="mnist-mb", description="Train, evaluate, benchmark and use the "
+                     "2017 MNIST CNN on TensorFlow or JAX; read and write its Keras 2 files.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    convert = commands.add_parser("convert", help="convert an IDX image/label pair to the original CSV format")
+    convert = _subcommand(commands, "convert", help="convert an IDX image/label pair to the original CSV format")
     convert.add_argument("images", help="IDX image file (raw or .gz)")
     convert.add_argument("labels", help="IDX label file (raw or .gz)")
     convert.add_argument("-o", "--output", required=True, help="CSV file to write")
 
-    train = commands.add_parser("train", help="train the CNN (defaults: the original 2017 recipe)")
+    train = _subcommand(commands, "train", help="train the CNN (defaults: the original 2017 recipe)")
     _add_runtime_flags(train)
     train.add_argument("--data", help="folder of IDX files, mnist_train.csv + mnist_test.csv, or mnist.npz; "
                                       "an .npz file; or TRAIN.csv,TEST.csv (default: $MNIST_DATA_DIR, "
@@ -65,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE,
                        help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()).replace("%", "%%")
                             + f" (default: {DEFAULT_RECIPE})")
-    train.add_argument("--epochs", type=_positive_int, help="override the recipe's")
-    train.add_argument("--batch-size", type=_positive_int, help="override the recipe's")
-    train.add_argument("--learning-rate", type=_positive_float,
+    train.add_argument("--epochs", type=_whole_number, help="override the recipe's")
+    train.add_argument("--batch-size", type=_whole_number, help="override the recipe's")
+    train.add_argument("--learning-rate", type=_number,
                        help="override the recipe's (under a schedule: its peak)")
-    train.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
-    train.add_argument("--steps-per-execution", type=_positive_int, metavar="N",
+    train.add_argument("--limit", type=_whole_number, help="train on the first N training images only")
+    train.add_argument("--steps-per-execution", type=_whole_number, metavar="N",
                        help="batches per call of the compiled training step (default: 32 on TensorFlow, "
                             "1 on JAX; progress and callbacks update every N batches)")
     train.add_argument("--seed", type=int, help="make the run repeatable on the same backend")
@@ -88,34 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--distribute", action="store_true",
                           help="one model replica per visible device of the chosen kind, the global "
                                "--batch-size split across them (TensorFlow: several workers when TF_CONFIG names them)")
-    parallel.add_argument("--cpu-devices", type=_positive_int, metavar="N",
+    parallel.add_argument("--cpu-devices", type=_whole_number, metavar="N",
                           help="split the host CPU into N logical devices (implies --device cpu)")
     parallel.add_argument("--coordinator", metavar="HOST:PORT",
                           help="JAX multi-process: the address of process 0 (with --num-processes, --process-id)")
-    parallel.add_argument("--num-processes", type=_positive_int, metavar="N", help="JAX multi-process: process count")
+    parallel.add_argument("--num-processes", type=_whole_number, metavar="N", help="JAX multi-process: process count")
     parallel.add_argument("--process-id", type=int, metavar="I", help="JAX multi-process: this process, 0..N-1")
 
-    evaluate = commands.add_parser("evaluate", help="score a saved model on the MNIST test set (JSON)")
+    evaluate = _subcommand(commands, "evaluate", help="score a saved model on the MNIST test set (JSON)")
     _add_runtime_flags(evaluate)
     evaluate.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
     evaluate.add_argument("--data", help="as for train")
 
     legacy = commands.add_parser("legacy", help="read and write the original's Keras 2 files (HDF5, YAML)")
     legacy_commands = legacy.add_subparsers(dest="legacy_command", required=True, metavar="ACTION")
-    export = legacy_commands.add_parser("export", help="write a model as Keras 2 files (any of --h5, --yaml, "
+    export = _subcommand(legacy_commands, "export", help="write a model as Keras 2 files (any of --h5, --yaml, "
                                                        "--weights)")
     _add_runtime_flags(export)
     export.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
     export.add_argument("--h5", help="full model with training config and Adam state, as Keras 2's model.save()")
     export.add_argument("--yaml", help="architecture, as Keras 2's model.to_yaml()")
     export.add_argument("--weights", help="weights only, as Keras 2's model.save_weights()")
-    import_ = legacy_commands.add_parser("import", help="turn Keras 2 files into a .keras model")
+    import_ = _subcommand(legacy_commands, "import", help="turn Keras 2 files into a .keras model")
     _add_runtime_flags(import_)
     import_.add_argument("source", help="Keras 2 full-model .h5, or architecture .yaml (with --weights)")
     import_.add_argument("--weights", help="Keras 2 weights .h5 for a .yaml architecture")
     import_.add_argument("--out", required=True, help=".keras model file to write")
 
-    bench = commands.add_parser("bench", help="measure training and inference speed of each backend and device "
+    bench = _subcommand(commands, "bench", help="measure training and inference speed of each backend and device "
                                               "(writes results.json, results.md, results.png)")
     bench.add_argument("--quick", action="store_true", help="one batch size and short windows: about 90 s")
     bench.add_argument("--out", default="runs/bench", help="folder to write (default: runs/bench)")
@@ -124,30 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", type=_backend_list, default=BACKENDS,
                        help=f"comma-separated (default: {','.join(BACKENDS)})")
 
-    race = commands.add_parser("time-to-accuracy", help="measure the wall seconds each recipe takes to reach "
+    race = _subcommand(commands, "time-to-accuracy", help="measure the wall seconds each recipe takes to reach "
                                                         f"{TARGET_ACCURACY * 100:.2f} %% test accuracy, per backend")
     race.add_argument("--recipes", type=_recipe_list, default=("fast",),
                       help=f"comma-separated, of {','.join(RECIPES)} (default: fast)")
     race.add_argument("--backends", type=_backend_list, default=BACKENDS,
                       help=f"comma-separated (default: {','.join(BACKENDS)})")
-    race.add_argument("--runs", type=_positive_int, default=3, help="runs of each recipe on each backend (default: 3)")
-    race.add_argument("--epochs", type=_positive_int, help="override the recipes' (a quick check, not a result)")
-    race.add_argument("--limit", type=_positive_int, help="train on the first N images only (a quick check)")
+    race.add_argument("--runs", type=_whole_number, default=3, help="runs of each recipe on each backend (default: 3)")
+    race.add_argument("--epochs", type=_whole_number, help="override the recipes' (a quick check, not a result)")
+    race.add_argument("--limit", type=_whole_number, help="train on the first N images only (a quick check)")
     race.add_argument("--out", default="runs/time-to-accuracy", help="folder to write (default: runs/time-to-accuracy)")
     race.add_argument("--data", help="as for train")
 
-    predict = commands.add_parser("predict", help="classify digits: image files, CSV rows, IDX or .npy files")
+    predict = _subcommand(commands, "predict", help="classify digits: image files, CSV rows, IDX or .npy files")
     _add_runtime_flags(predict)
     predict.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="PNG/JPEG image of one digit (any size); CSV in the original format (label "
                               "column optional); IDX file; .npy array of 28x28 images")
     predict.add_argument("--json", action="store_true", help="one JSON object a line, with all ten probabilities")
-    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+    predict.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
                          help="make image files light-on-dark like MNIST; auto: when the border is light "
                               "(default: auto)")
 
-    report = commands.add_parser("report", help="draw training curves, the confusion matrix and the "
+    report = _subcommand(commands, "report", help="draw training curves, the confusion matrix and the "
                                                 "misclassified test digits (PNG)")
     _add_runtime_flags(report)
     report.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder (from train) or a model file")
@@ -158,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(","))
+    return tuple(_whole_number(part) for part in text.split(","))
 
 
 def _name_list(kind: str, choices):
@@ -194,11 +210,16 @@ def _cluster(args):
     return Cluster(*flags.values())
 
 
-def _start(args):
+def _start(args, announce: bool = False):
+    """Start the backend; say which, and on what, for a long run (``announce``) or with ``--verbose``.
+
+    Short commands keep stderr for errors: their results name the backend where it matters.
+    """
     from .runtime import start
 
     runtime = start(args.backend, args.device, getattr(args, "cpu_devices", None), _cluster(args))
-    print(f"mnist-mb: {runtime.describe()}", file=sys.stderr, flush=True)
+    if announce or args.verbose:
+        print(f"mnist-mb: {runtime.describe()}", file=sys.stderr, flush=True)
     return runtime
 
 
@@ -211,8 +232,7 @@ def run_convert(args) -> int:
 
 
 def run_train(args) -> int:
-    runtime = _start(args)
-    from .training import TrainConfig, train
+    from .recipes import TrainConfig
 
     config = TrainConfig(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, limit=args.limit, seed=args.seed,
@@ -220,6 +240,10 @@ def run_train(args) -> int:
                          data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
                          legacy_artifacts=args.legacy_artifacts, checkpoint_dir=args.checkpoint_dir,
                          resume=args.resume)
+    config.check()  # before the backend starts: a bad flag costs no wait
+    runtime = _start(args, announce=True)
+    from .training import train
+
     metrics = train(config, runtime)
     where = f"{runtime.backend}/{runtime.device}" + (f" x{metrics['replicas']}" if config.distribute else "")
     if metrics["processes"] > 1:
@@ -240,11 +264,25 @@ def run_train(args) -> int:
     return 0
 
 
-def run_evaluate(args) -> int:
-    runtime = _start(args)
-    from .training import evaluate
+def _test_data(flag: str | None, model) -> str | None:
+    """``--data`` when given; else the data source recorded by the run whose folder holds ``model``."""
+    if flag:
+        return flag
+    from .runs import recorded_data_source
 
-    print(json.dumps(evaluate(args.model, args.data, runtime)))
+    recorded = recorded_data_source(model)
+    if recorded:
+        print(f"mnist-mb: test data from {recorded}, as recorded by the run in {Path(model).parent or '.'} "
+              "(--data overrides)", file=sys.stderr)
+    return recorded
+
+
+def run_evaluate(args) -> int:
+    data = _test_data(args.data, args.model)
+    runtime = _start(args)
+    from .evaluation import evaluate
+
+    print(json.dumps(evaluate(args.model, data, runtime)))
     return 0
 
 
@@ -256,7 +294,7 @@ def run_legacy(args) -> int:
     runtime = _start(args)
     from . import legacy
     from .atomic import atomic_path
-    from .model import load_saved_model
+    from .loading import load_saved_model
 
     if args.legacy_command == "export":
         model = load_saved_model(args.model)
@@ -299,7 +337,7 @@ def run_predict(args) -> int:
 
     images, names = load_inputs(args.inputs, args.invert)  # every input is checked before a backend starts
     _start(args)
-    from .model import load_saved_model
+    from .loading import load_saved_model
     from .predict import check_classifier, predict_digits
 
     model = load_saved_model(args.model)
@@ -310,10 +348,12 @@ def run_predict(args) -> int:
 
 
 def run_report(args) -> int:
+    target = Path(args.target)
+    data = _test_data(args.data, target / "model.keras" if target.is_dir() else target)
     _start(args)
     from .report import write_report
 
-    _print_report(write_report(args.target, args.data, args.out))
+    _print_report(write_report(args.target, data, args.out))
     return 0
 
 
@@ -328,6 +368,19 @@ COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # runtime.start would otherwise hide INFO and WARNING
+        return _run(args)
+    quiet = native_logs.filtered() if native_logs.user_left_log_level() else contextlib.nullcontext()
+    with warnings.catch_warnings(), quiet:
+        # Dependencies' deprecation and future warnings speak to their own callers, not to the user
+        # of a command; --verbose shows them. The project's own warnings stay.
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"mnist_multibackend(\.|$)")
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as err:

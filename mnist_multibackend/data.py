@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError, first_line
+from .errors import InputError, first_line, require_at_least
 
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -317,8 +317,7 @@ class Dataset:
         """The same data with only the first ``n`` training images (all test images)."""
         if n is None:
             return self
-        if n < 1:
-            raise InputError("--limit", f"must be at least 1. Received: {n}")
+        require_at_least("--limit", n)
         return dataclasses.replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n])
 
 
@@ -341,7 +340,7 @@ def load_npz(path) -> Dataset:
                                    "expected (n, 28, 28) uint8 and (n,)")
         arrays[f"y_{split}"] = y.astype(np.uint8)
         _check_labels(path, y)
-    return Dataset(**arrays, source=str(path))
+    return Dataset(**arrays, source=str(path.absolute()))
 
 
 def _find_idx(folder: Path, name: str) -> Path | None:
@@ -358,7 +357,7 @@ def load_folder(folder) -> Dataset:
     if all(idx.values()):
         x_train, y_train = read_idx_pair(idx["train_images"], idx["train_labels"])
         x_test, y_test = read_idx_pair(idx["test_images"], idx["test_labels"])
-        return Dataset(x_train, y_train, x_test, y_test, source=str(folder))
+        return Dataset(x_train, y_train, x_test, y_test, source=str(folder.absolute()))
     if all((folder / name).is_file() for name in CSV_NAMES):
         return load_csv_pair(folder / CSV_NAMES[0], folder / CSV_NAMES[1])
     if (folder / "mnist.npz").is_file():
@@ -371,7 +370,7 @@ def load_folder(folder) -> Dataset:
 def load_csv_pair(train_csv, test_csv) -> Dataset:
     x_train, y_train = read_csv(train_csv)
     x_test, y_test = read_csv(test_csv)
-    return Dataset(x_train, y_train, x_test, y_test, source=f"{train_csv},{test_csv}")
+    return Dataset(x_train, y_train, x_test, y_test, source=f"{Path(train_csv).absolute()},{Path(test_csv).absolute()}")
 
 
 def load_path(path) -> Dataset:

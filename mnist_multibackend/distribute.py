@@ -36,7 +36,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, require_at_least
 from .model import LEARNING_RATE, build_model, compile_model
 from .runtime import Runtime
 
@@ -156,8 +156,8 @@ def data_parallel(runtime: Runtime, count: int | None = None) -> Replicas:
     ``TF_CONFIG`` naming several workers selects the multi-worker strategy,
     which TensorFlow can set up only at program start.
     """
-    if count is not None and count < 1:
-        raise InputError("replicas", f"must be at least 1. Received: {count}")
+    if count is not None:
+        require_at_least("replicas", count)
     make = _jax_data_parallel if runtime.backend == "jax" else _tensorflow_data_parallel
     return make(runtime.device, count)
 

@@ -24,3 +24,15 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
     return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
+def require_at_least(subject, value, minimum: int = 1):
+    """``value`` when it is a whole number of at least ``minimum``; else an ``InputError`` naming ``subject``.
+
+    The one form of the commonest check on counts (epochs, batch sizes, devices, processes).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(subject, f"must be a whole number. Received: {value!r}")
+    if value < minimum:
+        raise InputError(subject, f"must be at least {minimum}. Received: {value}")
+    return value

@@ -2,18 +2,17 @@
 
 Import this module only after ``runtime.start()`` has chosen the backend.
 
+It only defines and compiles the model: loading saved files is ``loading``'s
+concern, scoring ``evaluation``'s, so that this module needs nothing but Keras.
+
 Layer names are the original's, including Keras 2's automatic ones
 (``activation_1``, ``dropout_1``, ``flatten_1``), so that weights and legacy
 files map onto the layers by name.
 """
 
-from pathlib import Path
-
 import keras
 from keras import layers
 
-from .errors import InputError, first_line
-from .legacy import load_legacy_h5
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -60,25 +59,11 @@ def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Mode
     return model
 
 
-LEGACY_SUFFIXES = (".h5", ".hdf5")
+def __getattr__(name):
+    # ``model.load_saved_model`` was this module's until loading got its own module; the old
+    # name still works without this module importing h5py, YAML and the legacy readers.
+    if name == "load_saved_model":
+        from .loading import load_saved_model
 
-
-def load_saved_model(path, compile: bool = True) -> keras.Model:
-    """Load a ``.keras`` model file, or a Keras 2 full-model ``.h5``, with no code from the file running.
-
-    ``.keras`` loads with Keras's ``safe_mode`` on; ``.h5``/``.hdf5`` go to
-    ``legacy.load_legacy_h5`` (optimizer state included). Raises
-    ``InputError`` with one line when the file is missing or is not a model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file" if not path.exists() else "is not a file")
-    if path.suffix.lower() in LEGACY_SUFFIXES:
-        return load_legacy_h5(path, compile=compile)
-    if path.suffix != ".keras":
-        raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file or a Keras 2 .h5")
-    try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
-        detail = first_line(err)
-        raise InputError(path, f"not a loadable Keras model ({detail})") from None
+        return load_saved_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,9 @@ learning rate (constant, or a warm-up then cosine decay to zero) and whether
 the training images are augmented. The model, its layer names and its saved
 files are the same whichever recipe trained it.
 
+``TrainConfig`` is one run's settings: a recipe and its overrides, checked
+before any backend starts.
+
 Import-light on purpose (no Keras at module level): the CLI reads the recipes'
 names and defaults before a backend is chosen.
 """
@@ -15,6 +18,8 @@ import dataclasses
 import math
 
 import numpy as np
+
+from .errors import InputError, require_at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,3 +105,50 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, augmentation: Au
     top = padded[batch, y0, x0] * (1 - wx) + padded[batch, y0, x0 + 1] * wx
     bottom = padded[batch, y0 + 1, x0] * (1 - wx) + padded[batch, y0 + 1, x0 + 1] * wx
     return (top * (1 - wy) + bottom * wy)[..., None].astype(images.dtype)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run: a recipe (default: the original 2017 one), whose epochs, batch size and
+    (peak) learning rate may be overridden."""
+
+    recipe: str = DEFAULT_RECIPE
+    epochs: int | None = None  # None: the recipe's
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    limit: int | None = None  # train on the first N training images only
+    seed: int | None = None  # None: a fresh random run; an int: a repeatable one
+    data: str | None = None  # see data.load_dataset for the search order
+    out: str = "runs/latest"
+    validate: bool = True  # score the test set after each epoch, as the original did
+    legacy_artifacts: bool = False  # also write the original's Keras 2 files (see legacy.write_legacy_artifacts)
+    distribute: bool = False  # data-parallel over every visible device of the run's kind (see distribute.py)
+    checkpoint_dir: str | None = None  # save the training state here at every epoch end
+    resume: bool = False  # continue from the state in checkpoint_dir
+    steps_per_execution: int | None = None  # None: STEPS_PER_EXECUTION for the backend
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise InputError("--recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size", "learning_rate"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(RECIPES[self.recipe], name))
+
+    def check(self) -> None:
+        """Refuse settings that cannot run, each in one line naming its flag. ``train`` calls it first."""
+        for name in ("epochs", "batch_size", "limit", "steps_per_execution"):
+            if getattr(self, name) is not None:
+                require_at_least(f"--{name.replace('_', '-')}", getattr(self, name))
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):
+            raise InputError("--learning-rate", f"must be a positive number. Received: {self.learning_rate}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            # NumPy's and the backends' generators take seeds of 32 bits
+            raise InputError("--seed", f"must be a whole number from 0 to {2**32 - 1}. Received: {self.seed}")
+        if self.resume and not self.checkpoint_dir:
+            raise InputError("--resume", "needs --checkpoint-dir DIR, the folder the interrupted run saved its state in")
+        if self.checkpoint_dir and self.distribute:
+            raise InputError("--checkpoint-dir", "not supported with --distribute yet: the checkpoint is written "
+                                                 "and restored by a single process")
+        if self.distribute and RECIPES[self.recipe].augmentation:
+            raise InputError("--distribute", f"not supported with --recipe {self.recipe} yet: its augmented "
+                                             "batches are made by one process for one device")

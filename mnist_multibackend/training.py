@@ -1,7 +1,9 @@
-"""Training and evaluation: the original recipe, timed, and recorded in a run folder.
+"""Training: a recipe, timed, and recorded in a run folder.
 
 Import this module only after ``runtime.start()`` has chosen the backend.
 
+This module orchestrates; the batches come from ``feeding``, the timing and
+progress callbacks from ``callbacks``, the score from ``evaluation``.
 A run folder holds ``model.keras``, ``history.csv`` (one row per epoch) and
 ``metrics.json`` (what ran where, how fast, and how well); with
 ``legacy_artifacts`` also the original's three Keras 2 files.
@@ -23,149 +25,18 @@ import numpy as np
 
 from . import data, legacy
 from .atomic import atomic_path, write_text
+from .callbacks import ElapsedClock, EpochTimer, StepProgbar
 from .distribute import Replicas, data_parallel
-from .errors import InputError
+from .evaluation import score
+from .feeding import EpochBatches
 from .jax_cpu import speed_up
-from .model import compile_model, load_saved_model
-from .recipes import (DEFAULT_RECIPE, RECIPES, TARGET_ACCURACY, learning_rate_schedule, random_affine,
-                      steps_per_epoch)
+from .recipes import RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
 from .runtime import Runtime, machine, make_deterministic
-
-EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
 # back to Python and tf.data between every two steps; with EpochBatches, 32 per call trained 1.41x
 # faster than plain Keras here (README, "Performance"); on JAX it made no difference, and 1 keeps
 # the progress bar per batch.
 STEPS_PER_EXECUTION = {"tensorflow": 32, "jax": 1}
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """One training run: a recipe (default: the original 2017 one), whose epochs, batch size and
-    (peak) learning rate may be overridden."""
-
-    recipe: str = DEFAULT_RECIPE
-    epochs: int | None = None  # None: the recipe's
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    limit: int | None = None  # train on the first N training images only
-    seed: int | None = None  # None: a fresh random run; an int: a repeatable one
-    data: str | None = None  # see data.load_dataset for the search order
-    out: str = "runs/latest"
-    validate: bool = True  # score the test set after each epoch, as the original did
-    legacy_artifacts: bool = False  # also write the original's Keras 2 files (see legacy.write_legacy_artifacts)
-    distribute: bool = False  # data-parallel over every visible device of the run's kind (see distribute.py)
-    checkpoint_dir: str | None = None  # save the training state here at every epoch end
-    resume: bool = False  # continue from the state in checkpoint_dir
-    steps_per_execution: int | None = None  # None: STEPS_PER_EXECUTION for the backend
-
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise InputError("--recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "learning_rate"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(RECIPES[self.recipe], name))
-
-    def check(self) -> None:
-        if self.resume and not self.checkpoint_dir:
-            raise InputError("--resume", "needs --checkpoint-dir DIR, the folder the interrupted run saved its state in")
-        if self.checkpoint_dir and self.distribute:
-            raise InputError("--checkpoint-dir", "not supported with --distribute yet: the checkpoint is written "
-                                                 "and restored by a single process")
-        if self.distribute and RECIPES[self.recipe].augmentation:
-            raise InputError("--distribute", f"not supported with --recipe {self.recipe} yet: its augmented "
-                                             "batches are made by one process for one device")
-        for name in ("epochs", "batch_size", "steps_per_execution"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')}", f"must be at least 1. Received: {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise InputError("--learning-rate", f"must be positive. Received: {self.learning_rate}")
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch's training steps, without its validation pass.
-
-    JAX dispatches steps asynchronously (and Keras then runs batch callbacks
-    in a thread pool), so the clock is read only after one of the model's
-    weights has been copied to the host: that waits for every queued step.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-        self._start = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def _stop(self):
-        if self._start is not None:
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1].value)
-            self.seconds.append(time.perf_counter() - self._start)
-            self._start = None
-
-    def on_test_begin(self, logs=None):  # fit's validation pass starts: training steps are over
-        self._stop()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._stop()
-
-
-class ElapsedClock(keras.callbacks.Callback):
-    """Seconds from ``origin`` (a ``time.perf_counter()`` reading) to the end of each epoch, its
-    validation pass included: with the test set as validation data, the time to each test accuracy."""
-
-    def __init__(self, origin: float):
-        super().__init__()
-        self.origin = origin
-        self.seconds: list[float] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.origin)
-
-
-class EpochBatches(keras.utils.PyDataset):
-    """Training batches in a fresh order each epoch, drawn from ``seed`` and the epoch number, and
-    randomly distorted when the recipe augments. Every single-device run is fed by it.
-
-    Why not Keras's own shuffling of arrays: on TensorFlow, with a seed, it
-    repeats one order every epoch, and these batches with 32 steps per execution
-    trained 1.41x faster than it on this 2-core CPU (README, "Performance").
-    The order depends on the epoch number alone (not on how many epochs this
-    object has served), so a resumed run draws what the interrupted one would
-    have; ``fit`` tells the epoch through the ``follow_epochs`` callback.
-    """
-
-    def __init__(self, x, y, batch_size: int, seed: int | None, augmentation=None):
-        super().__init__()
-        self.x, self.y, self.batch_size, self.augmentation = x, y, batch_size, augmentation
-        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-        self.epoch = 0
-        self._order = None
-
-    def __len__(self):
-        return steps_per_epoch(len(self.x), self.batch_size)
-
-    def _epoch_order(self):
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x)))
-        return self._order[1]
-
-    def __getitem__(self, index):
-        chosen = np.sort(self._epoch_order()[index * self.batch_size:(index + 1) * self.batch_size])
-        images = self.x[chosen]
-        if self.augmentation is not None:  # one generator per batch: any fetching order draws the same images
-            images = random_affine(images, np.random.default_rng([self.seed, self.epoch, index]), self.augmentation)
-        return images, self.y[chosen]
-
-    def follow_epochs(self) -> keras.callbacks.Callback:
-        batches = self
-
-        class FollowEpochs(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                batches.epoch = epoch
-
-        return FollowEpochs()
 
 
 def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
@@ -212,13 +83,13 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     with replicas.scope():
         history = model.fit(**feed, epochs=config.epochs,
                             validation_data=(x_val, y_val) if config.validate else None,
-                            callbacks=[timer, clock, *replicas.callbacks, *callbacks], verbose=1)
+                            callbacks=[timer, clock, StepProgbar(), *replicas.callbacks, *callbacks], verbose=1)
     wall_seconds = time.perf_counter() - started
     model = replicas.single_device_copy(model, learning_rate)
     logs, epoch_seconds = history.history, timer.seconds
     if checkpoint:  # every epoch, those of the interrupted process included
         logs, epoch_seconds = checkpoint.history, checkpoint.epoch_seconds
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
+    test_loss, test_accuracy = score(model, dataset)
 
     train_seconds = sum(epoch_seconds)
     images = len(x_train) * replicas.data_shards  # over all processes
@@ -300,14 +171,10 @@ def history_csv(history: dict, epoch_seconds) -> str:
     return buffer.getvalue()
 
 
-def evaluate(model_path, data_path=None, runtime: Runtime | None = None) -> dict:
-    """Score a saved model on the MNIST test set: ``accuracy``, ``loss`` and what ran it."""
-    model = load_saved_model(model_path)
-    if not model.compiled:  # e.g. a model saved before it was compiled
-        compile_model(model)
-    dataset = data.load_dataset(data_path)
-    x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
-    return {"model": str(model_path), "accuracy": float(accuracy), "loss": float(loss),
-            "test_images": len(x_test), "backend": keras.backend.backend(),
-            **({"device": runtime.device} if runtime else {})}
+def __getattr__(name):
+    # ``training.evaluate`` was this module's until evaluation got its own module.
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Backend and device selection."""
 
+import json
 import shutil
 
 import pytest
@@ -28,9 +29,15 @@ def test_pytorch_and_unknown_backends_are_refused():
         choose_backend("torch")
 
 
-def test_backend_flag_overrides_the_environment(tmp_path):
-    # evaluate on a missing model: the backend is reported on stderr before the file error
-    result = cli("evaluate", tmp_path / "none.keras", "--backend", OTHER_BACKEND, backend=BACKEND)
+def test_backend_flag_overrides_the_environment(seed_dir, mnist_dir):
+    result = cli("evaluate", seed_dir / "MNIST_keras_CNN.h5", "--data", mnist_dir, "--backend", OTHER_BACKEND,
+                 backend=BACKEND)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["backend"] == OTHER_BACKEND
+
+
+def test_verbose_names_the_backend_before_a_file_error(tmp_path):
+    result = cli("evaluate", tmp_path / "none.keras", "--backend", OTHER_BACKEND, "--verbose", backend=BACKEND)
     assert f"backend {OTHER_BACKEND}" in result.stderr
     assert_clean_error(result, "none.keras", "no such file")
 
@@ -41,3 +48,23 @@ def test_gpu_request_without_a_gpu_names_backend_and_extra(tmp_path):
     extra = {"tensorflow": "tensorflow-gpu", "jax": "jax-gpu"}[BACKEND]
     result = cli("evaluate", tmp_path / "none.keras", "--device", "gpu")
     assert_clean_error(result, f"the {BACKEND} backend sees no GPU", f"mnist-multibackend[{extra}]")
+
+
+AVX2_HOST = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx fma avx2 bmi2\n"
+AVX512_HOST = ("model name\t: AMD EPYC\nflags\t\t: fpu avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16 "
+               "avx512_vpopcntdq\n")
+
+
+@pytest.mark.parametrize("cpuinfo, features", [(AVX2_HOST, ["avx2", "fma"]),
+                                               (AVX512_HOST, ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]),
+                                               ("no flags line\n", [])])
+def test_cpu_features_are_read_from_cpuinfo(cpuinfo, features):
+    from mnist_multibackend.runtime import cpu_features
+
+    assert cpu_features(cpuinfo) == features
+
+
+def test_every_machine_record_names_the_cpu_features():
+    from mnist_multibackend.runtime import cpu_features, machine
+
+    assert machine()["cpu_features"] == cpu_features()

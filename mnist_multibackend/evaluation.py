@@ -1,0 +1,34 @@
+"""Score a model on the MNIST test set.
+
+Import this module only after ``runtime.start()`` has chosen the backend.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from . import data
+from .loading import load_saved_model
+from .model import compile_model
+from .runtime import Runtime
+
+EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
+
+
+def score(model: keras.Model, dataset: data.Dataset) -> tuple[float, float]:
+    """``(loss, accuracy)`` of a compiled ``model`` on ``dataset``'s test split."""
+    x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
+    return float(loss), float(accuracy)
+
+
+def evaluate(model_path, data_path=None, runtime: Runtime | None = None) -> dict:
+    """Score a saved model on the MNIST test set: ``accuracy``, ``loss`` and what ran it."""
+    model = load_saved_model(model_path)
+    if not model.compiled:  # e.g. a model saved before it was compiled
+        compile_model(model)
+    dataset = data.load_dataset(data_path)
+    loss, accuracy = score(model, dataset)
+    return {"model": str(model_path), "accuracy": accuracy, "loss": loss,
+            "test_images": len(dataset.x_test), "backend": keras.backend.backend(),
+            **({"device": runtime.device} if runtime else {})}
