@@ -41,13 +41,26 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
+def missing(message: str):
+    """Skip for want of ``message``'s thing on a developer's machine; fail under CI, whose set-up provides it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI installs it: a missing one is a broken set-up, not a skip)")
+    pytest.skip(message)
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
-        message = f"{what} not found at {path}; set MNIST_DATA_DIR or put ../shared beside the repository"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI has ../shared: a missing file there is a broken set-up, not a skip
-        pytest.skip(message)
+        missing(f"{what} not found at {path}; set MNIST_DATA_DIR or put ../shared beside the repository")
     return path
+
+
+def import_tf_keras():
+    """Real Keras 2 (``tf_keras``), the reference that legacy files must load in."""
+    try:
+        import tf_keras
+    except ImportError as err:
+        missing(f"tf_keras is not installed ({err}); pip install '.[keras2-reference]'")
+    return tf_keras
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
+from conftest import REPO, import_tf_keras
 from mnist_multibackend import data, legacy
 from mnist_multibackend.errors import InputError
 from mnist_multibackend.model import build_model, compile_model, load_saved_model
@@ -92,7 +92,7 @@ def written(seed_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tf_keras():
-    return pytest.importorskip("tf_keras")
+    return import_tf_keras()
 
 
 @pytest.fixture(scope="module")

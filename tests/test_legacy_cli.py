@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, OTHER_BACKEND, assert_clean_error, cli
+from conftest import BACKEND, OTHER_BACKEND, assert_clean_error, cli, import_tf_keras
 from mnist_multibackend import data, legacy
 from mnist_multibackend.model import load_saved_model
 
@@ -105,7 +105,7 @@ def test_files_written_on_the_other_backend_load_here_unchanged(other_backend, t
 
 @pytest.mark.tensorflow
 def test_tf_keras_loads_files_written_on_the_other_backend(other_backend, images, run_predictions):
-    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras = import_tf_keras()
     out, _ = other_backend
     theirs = tf_keras.models.load_model(out / H5)
     assert int(theirs.optimizer.iterations.numpy()) == STEPS

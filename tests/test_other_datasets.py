@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import cli, missing
 from mnist_multibackend import data
 
 # Debian's dataset-fashion-mnist package; the file names are MNIST's.
@@ -17,7 +17,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="module")
 def fashion_dir() -> Path:
     if not (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST} (apt-get install dataset-fashion-mnist)")
+        missing(f"Fashion-MNIST is not installed in {FASHION_MNIST} (apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST
 
 
