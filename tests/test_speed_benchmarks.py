@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks.time_to_accuracy import summarise, table
 from conftest import BACKEND, REPO, assert_clean_error, cli
+from mnist_multibackend.bench.time_to_accuracy import summarise, table
 
 
 def _run(backend, recipe, seconds, accuracy, epoch):
