@@ -95,7 +95,8 @@ def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
             assert r["status"] == "ok" and r["replicas"] == 1 and r["batch_size"] == 128
             for key in ("images_per_second", "gflops", "pct_of_peak", "peak_gflops"):
                 assert r[key] > 0, (key, r)
-            assert r["compile_seconds"] >= 0 and r["load_average_1min"] >= 0
+            # Every contender's first probe compiles its step, so it outlasts two steady steps.
+            assert r["compile_seconds"] > 0 and r["load_average_1min"] >= 0
             assert len(r["window_images_per_second"]) == results["windows"] >= 5
             assert r["machine"]["cores"] >= 1 and r["machine"]["versions"][backend]
             if r["impl"] == "keras":
