@@ -18,7 +18,7 @@ applies. All start from the same state (weights, optimizer, dropout seed).
   machine slow them alike; the first round only warms up. Ratios are the
   median over rounds of plain's step time over the variant's, in the same round.
   Then ``model.fit`` itself, plain against ``kept``, the same way
-  (``benchmarks.timing.measure``).
+  (``mnist_multibackend.bench.timing.measure``).
 
 XLA flags are per process: compare them by running this in alternate processes
 with and without ``XLA_FLAGS``; the flags in use are printed and recorded.
@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from mnist_multibackend.atomic import write_text
 from mnist_multibackend.runtime import machine, start
 
 VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain model
@@ -139,8 +140,7 @@ def main(argv=None) -> int:
               "load_average_end": [round(v, 2) for v in os.getloadavg()], "train_step": rows, "fit": fit}
     print(format_report(report))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_text(args.out, json.dumps(report, indent=1))
     return 0
 
 
@@ -149,7 +149,7 @@ def measure_fit(models, x, y, args) -> dict:
     from mnist_multibackend import data
     from mnist_multibackend.training import EpochTimer
 
-    from .timing import measure, paired_ratio
+    from mnist_multibackend.bench.timing import measure, paired_ratio
 
     dataset = data.load_dataset(args.data)
     images = data.as_model_input(dataset.x_train[:20 * args.batch_size])

@@ -17,25 +17,23 @@ and on TensorFlow 32 steps per execution); ``best`` is ``--recipe best``
 (the same, with augmented batches).
 
 Prints and writes (``results.json``, ``results.md``) each path's images/s and
-its ratio to the plain loop: the median over rounds of the per-round ratios.
+its ratio to the plain loop (the reference): the median over rounds of the
+per-round ratios. A backend whose worker fails is an error entry, and the
+command exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from mnist_multibackend.atomic import write_text
-from mnist_multibackend.runtime import BACKENDS
-
-from .workers import answer_json, worker_env
+from mnist_multibackend.bench.report import exit_status, write_results
+from mnist_multibackend.bench.workers import answer_json, failed, run_worker
+from mnist_multibackend.runtime import BACKENDS, machine
 
 PATHS = {"project": {}, "best": {"recipe": "best"}}
 
@@ -64,25 +62,19 @@ def main(argv=None) -> int:
                "load_average_before": load_before, "rounds": args.rounds, "epochs": args.epochs,
                "images": args.images, "backends": []}
     for backend in args.backends:
-        command = [sys.executable, "-m", "benchmarks.overhead", "--worker", backend, "--paths", ",".join(args.paths),
-                   "--rounds", str(args.rounds), "--epochs", str(args.epochs), "--images", str(args.images)]
-        command += ["--data", args.data] if args.data else []
+        worker_args = ["--worker", backend, "--paths", ",".join(args.paths), "--rounds", args.rounds,
+                       "--epochs", args.epochs, "--images", args.images]
+        worker_args += ["--data", args.data] if args.data else []
         print(f"overhead: {backend}: a fresh worker process", file=sys.stderr, flush=True)
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=worker_env())
-        if done.returncode != 0:
-            print(f"overhead: the {backend} worker exited with status {done.returncode}", file=sys.stderr)
-            return 1
-        results["backends"].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text(out / "results.md", markdown(results))
+        results["backends"].append({"backend": backend, "rows": [],
+                                    **run_worker("benchmarks.overhead", worker_args, label=f"overhead: {backend}")})
+    write_results(args.out, results, markdown(results))
     print(table(results))
-    return 0
+    return 1 if failed(results["backends"]) else 0
 
 
 def worker(args) -> dict:
-    from mnist_multibackend.runtime import machine, start
+    from mnist_multibackend.runtime import start
 
     runtime = start(args.worker, "cpu")
     from mnist_multibackend import data
@@ -119,21 +111,30 @@ def worker(args) -> dict:
                   file=sys.stderr, flush=True)
     rows = []
     for name in contenders:
-        ratios = [a / b for a, b in zip(speeds[name], speeds["plain"])]
-        rows.append({"path": name, "images_per_second": statistics.median(speeds[name]),
-                     "rounds_images_per_second": speeds[name], "ratio_to_plain": statistics.median(ratios),
-                     "rounds_ratio_to_plain": ratios})
-    host = machine()
-    return {"backend": runtime.backend, "versions": {"keras": runtime.keras_version,
-                                                     runtime.backend: runtime.backend_version},
-            "machine": host, "load_average_after": os.getloadavg()[0], "rows": rows}
+        row = {"path": name, "images_per_second": statistics.median(speeds[name]),
+               "rounds_images_per_second": speeds[name]}
+        if name == "plain":  # the reference; its ratio to itself would be 1 by construction
+            row["reference"] = True
+        else:
+            ratios = [a / b for a, b in zip(speeds[name], speeds["plain"])]
+            row.update(ratio_to_plain=statistics.median(ratios), rounds_ratio_to_plain=ratios)
+        rows.append(row)
+    return {"status": "ok", "backend": runtime.backend,
+            "versions": {"keras": runtime.keras_version, runtime.backend: runtime.backend_version},
+            "machine": machine(), "load_average_after": os.getloadavg()[0], "rows": rows}
 
 
 def table(results: dict) -> str:
     lines = ["| backend | path | images/s (median) | ÷ plain Keras (median of rounds) | rounds |",
              "|---|---|---|---|---|"]
     for backend in results["backends"]:
+        if backend["status"] == "error":
+            lines.append(f"| {backend['backend']} | failed{exit_status(backend)}: {backend['reason']} | | | |")
         for row in backend["rows"]:
+            if row.get("reference"):
+                lines.append(f"| {backend['backend']} | {row['path']} | {row['images_per_second']:,.0f} "
+                             "| (the reference) | |")
+                continue
             ratios = ", ".join(f"{r:.3f}" for r in row["rounds_ratio_to_plain"])
             lines.append(f"| {backend['backend']} | {row['path']} | {row['images_per_second']:,.0f} "
                          f"| {row['ratio_to_plain']:.3f} | {ratios} |")
@@ -141,7 +142,7 @@ def table(results: dict) -> str:
 
 
 def markdown(results: dict) -> str:
-    host = results["backends"][0]["machine"] if results["backends"] else {}
+    host = next((b["machine"] for b in results["backends"] if b.get("machine")), None) or machine()
     return "\n".join([
         "# The project's training path against plain Keras",
         "",

@@ -44,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnist_multibackend.atomic import write_text
 from mnist_multibackend.runtime import machine, start
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="profile_jax_"))
     out.mkdir(parents=True, exist_ok=True)
     profile = run(args, out)
-    (out / "profile.json").write_text(json.dumps(profile, indent=1))
+    write_text(out / "profile.json", json.dumps(profile, indent=1))
     print(format_tables(profile, args.top))
     print(f"\ntrace and profile.json in {out}")
     return 0

@@ -10,6 +10,7 @@ batch size, oneDNN, mixed ``bfloat16`` precision. Threads and oneDNN must be
 set before TensorFlow starts, hence a process per variant. The figure is the
 median of ``--windows`` epochs of ``--images`` images after a warm-up; the
 default variant runs first and last, to show how far the machine drifted.
+A variant whose worker fails is an error row, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from mnist_multibackend.atomic import write_text
-
-from .workers import answer_json, worker_env
+from mnist_multibackend.bench.report import exit_status, write_results
+from mnist_multibackend.bench.workers import answer_json, failed, run_worker
 
 DEFAULT = {"steps_per_execution": 32, "batch_size": 128}
 VARIANTS = [
@@ -90,29 +88,28 @@ def main(argv=None) -> int:
         return answer_json(lambda: worker(json.loads(args.worker), args.images, args.windows, args.data))
     rows = []
     for name, settings in VARIANTS:
-        command = [sys.executable, "-m", "benchmarks.tf_cpu_options", "--worker", json.dumps(settings),
-                   "--images", str(args.images), "--windows", str(args.windows)]
-        command += ["--data", args.data] if args.data else []
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=worker_env())
-        if done.returncode != 0:
-            print(f"tf-cpu-options: {name}: the worker exited with status {done.returncode}", file=sys.stderr)
-            return 1
-        rows.append({"variant": name, "settings": settings, **json.loads(done.stdout.strip().splitlines()[-1])})
-        print(f"tf-cpu-options: {name}: {rows[-1]['images_per_second']:,.0f} images/s", file=sys.stderr, flush=True)
-    base = rows[0]["images_per_second"]
+        worker_args = ["--worker", json.dumps(settings), "--images", args.images, "--windows", args.windows]
+        worker_args += ["--data", args.data] if args.data else []
+        answer = run_worker("benchmarks.tf_cpu_options", worker_args, label=f"tf-cpu-options: {name}", echo=False)
+        rows.append({"variant": name, "settings": settings, **answer})
+        if answer["status"] == "ok":
+            print(f"tf-cpu-options: {name}: {answer['images_per_second']:,.0f} images/s", file=sys.stderr, flush=True)
+    base = rows[0]["images_per_second"] if rows[0]["status"] == "ok" else None
     lines = ["| variant | images/s (median) | ÷ default | windows | load 1 min |", "|---|---|---|---|---|"]
     for row in rows:
+        if row["status"] == "error":
+            lines.append(f"| {row['variant']} | failed{exit_status(row)}: {row['reason']} | | | |")
+            continue
+        ratio = f"{row['images_per_second'] / base:.2f}" if base else "–"
         windows = ", ".join(f"{r:,.0f}" for r in row["windows_images_per_second"])
-        lines.append(f"| {row['variant']} | {row['images_per_second']:,.0f} | {row['images_per_second'] / base:.2f} "
+        lines.append(f"| {row['variant']} | {row['images_per_second']:,.0f} | {ratio} "
                      f"| {windows} | {row['load_average_1min']:.2f} |")
     table = "\n".join(lines)
     command = "python -m benchmarks.tf_cpu_options " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    write_text(out / "results.md", f"# TensorFlow CPU options\n\nCommand: `{command}`\n\n{table}\n")
+    write_results(args.out, {"command": command, "rows": rows},
+                  f"# TensorFlow CPU options\n\nCommand: `{command}`\n\n{table}\n")
     print(table)
-    return 0
+    return 1 if failed(rows) else 0
 
 
 if __name__ == "__main__":

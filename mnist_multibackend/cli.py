@@ -311,25 +311,27 @@ def run_legacy(args) -> int:
 
 def run_bench(args) -> int:
     # No Keras in this process: each backend is measured in a fresh worker process.
-    from benchmarks.report import throughput_table
-    from benchmarks.run import BenchConfig, run_benchmarks
+    from .bench.matrix import BenchConfig, run_benchmarks
+    from .bench.report import throughput_table
+    from .bench.workers import failed
 
     results = run_benchmarks(BenchConfig(out=args.out, quick=args.quick, data=args.data,
                                          batch_sizes=args.batch_sizes, backends=args.backends))
     print(throughput_table(results["rows"]))
     print(f"wrote {args.out}/results.json, results.md, results.png", file=sys.stderr)
-    return 1 if any(row["status"] == "error" for row in results["rows"]) else 0
+    return 1 if failed(results["rows"]) else 0
 
 
 def run_time_to_accuracy(args) -> int:
     # No Keras in this process: each run is a fresh worker process.
-    from benchmarks.time_to_accuracy import TimeToAccuracyConfig, run, table
+    from .bench.time_to_accuracy import TimeToAccuracyConfig, run, table
+    from .bench.workers import failed
 
     results = run(TimeToAccuracyConfig(out=args.out, backends=args.backends, recipes=args.recipes, runs=args.runs,
                                        data=args.data, epochs=args.epochs, limit=args.limit))
     print(table(results["summary"]))
     print(f"wrote {args.out}/results.json, results.md", file=sys.stderr)
-    return 0
+    return 1 if failed(results["runs"]) else 0
 
 
 def run_predict(args) -> int:

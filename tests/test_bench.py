@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import datapath, flops
-from benchmarks.core import batches, spec_from_keras
 from conftest import BACKEND, assert_clean_error, cli
 from mnist_multibackend import data
+from mnist_multibackend.bench import datapath, flops
+from mnist_multibackend.bench.core import batches, spec_from_keras
 from mnist_multibackend.model import build_model, compile_model
 from mnist_multibackend.runtime import BACKENDS
 
@@ -32,10 +32,10 @@ def test_flops_are_counted_from_the_layer_shapes():
 
 def _raw_reference(spec):
     if BACKEND == "jax":
-        from benchmarks.raw_jax import RawJax
+        from mnist_multibackend.bench.raw_jax import RawJax
 
         return RawJax(spec)
-    from benchmarks.raw_tf import RawTensorFlow
+    from mnist_multibackend.bench.raw_tf import RawTensorFlow
 
     return RawTensorFlow(spec)
 
@@ -95,7 +95,8 @@ def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
             assert r["status"] == "ok" and r["replicas"] == 1 and r["batch_size"] == 128
             for key in ("images_per_second", "gflops", "pct_of_peak", "peak_gflops"):
                 assert r[key] > 0, (key, r)
-            assert r["compile_seconds"] >= 0 and r["load_average_1min"] >= 0
+            # Every contender's first probe compiles its step, so it outlasts two steady steps.
+            assert r["compile_seconds"] > 0 and r["load_average_1min"] >= 0
             assert len(r["window_images_per_second"]) == results["windows"] >= 5
             assert r["machine"]["cores"] >= 1 and r["machine"]["versions"][backend]
             if r["impl"] == "keras":
@@ -141,11 +142,11 @@ def test_data_parallel_worker_measures_two_replicas(mnist_dir):
     import subprocess
     import sys
 
-    from benchmarks.run import _worker_env
+    from mnist_multibackend.bench.workers import worker_env as _worker_env
 
-    done = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--backend", BACKEND, "--device", "cpu",
-                           "--replicas", "2", "--batch-sizes", "64", "--windows", "2", "--window-seconds", "0.2",
-                           "--data", str(mnist_dir)], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-m", "mnist_multibackend.bench.throughput", "--backend", BACKEND,
+                           "--device", "cpu", "--replicas", "2", "--batch-sizes", "64", "--windows", "2",
+                           "--window-seconds", "0.2", "--data", str(mnist_dir)], capture_output=True, text=True, timeout=600,
                           env={**_worker_env(), "MNIST_DATA_DIR": os.environ.get("MNIST_DATA_DIR", "")})
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout)
@@ -159,7 +160,7 @@ def test_data_parallel_worker_measures_two_replicas(mnist_dir):
 
 
 def test_scaling_efficiency_is_speedup_over_replicas():
-    from benchmarks.run import scaling_efficiency
+    from mnist_multibackend.bench.matrix import scaling_efficiency
 
     one = {"backend": "jax", "device": "cpu", "batch_size": 64, "replicas": 1, "impl": "keras", "mode": "train",
            "status": "ok", "images_per_second": 1000.0}

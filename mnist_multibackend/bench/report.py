@@ -1,7 +1,8 @@
-"""Turn ``results.json`` into a Markdown report and a bar chart."""
+"""Writing results: ``results.json`` and ``results.md`` for every benchmark, and the bench's table and chart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mnist_multibackend.atomic import atomic_path, write_text
@@ -32,6 +33,10 @@ def markdown(results: dict) -> str:
     """The whole report: what was run where, the matrix, the peaks, and the data path."""
     m = results["machine"]
     flops = results["flops_per_image"]
+    cost = ("not measured (no worker answered)." if flops is None else
+            f"{flops['forward'] / 1e6:.2f} MFLOP per image forward "
+            f"(2 x {flops['forward'] / 2e6:.2f} M multiply-adds of the convolutions and dense layers), "
+            f"training counted as 3x: {flops['train'] / 1e6:.1f} MFLOP.")
     parts = [
         "# Benchmark results",
         "",
@@ -40,11 +45,9 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; {m['system']}. "
         f"Load average (1 min) before the run: {results['load_average_before']:.2f}; "
         f"each row records its own.",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items()) or 'not recorded'}.",
         f"Data: {results['data']}.",
-        f"Model cost: {flops['forward'] / 1e6:.2f} MFLOP per image forward "
-        f"(2 x {flops['forward'] / 2e6:.2f} M multiply-adds of the convolutions and dense layers), "
-        f"training counted as 3x: {flops['train'] / 1e6:.1f} MFLOP.",
+        f"Model cost: {cost}",
         f"Each figure is the median of {results['windows']} timed windows of about "
         f"{results['window_seconds']} s after a warm-up window; compile s is the first step's extra time. "
         "% of peak: against the device's peak, the best window of dense fp32 2048 x 2048 matmuls that either "
@@ -66,7 +69,8 @@ def markdown(results: dict) -> str:
                   "include the benchmark itself.", ""]
     unavailable = [r for r in results["rows"] if r["status"] != "ok"]
     if unavailable:
-        parts += [*(f"- {r['backend']} {r['device']}: {r['status']}: {r.get('reason', '')}" for r in unavailable), ""]
+        parts += [*(f"- {r['backend']} {r['device']}: {r['status']}{exit_status(r)}: {r.get('reason', '')}"
+                    for r in unavailable), ""]
     scaled = [r for r in results["rows"] if "scaling_efficiency" in r]
     if scaled:
         parts += ["## Data-parallel scaling (Keras training)", "",
@@ -149,8 +153,17 @@ def chart(results: dict, path: Path) -> None:
 
 
 def write_all(results: dict, out: Path) -> None:
-    import json
-
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text(out / "results.md", markdown(results))
+    """The bench's results: the two files every benchmark writes, and the chart."""
+    write_results(out, results, markdown(results))
     chart(results, out / "results.png")
+
+
+def write_results(out, results: dict, report: str) -> None:
+    """``out/results.json`` (``results``) and ``out/results.md`` (``report``), each written whole or not at all."""
+    write_text(Path(out) / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(Path(out) / "results.md", report)
+
+
+def exit_status(row: dict) -> str:
+    """`` (exit status N)`` for a failed worker's row, else nothing."""
+    return f" (exit status {row['exit_code']})" if row.get("exit_code") is not None else ""

@@ -2,7 +2,7 @@
 
 Run as a fresh process per backend and device (a process can hold one Keras backend)::
 
-    python -m benchmarks.throughput --backend jax --device cpu --batch-sizes 32,128,512
+    python -m mnist_multibackend.bench.throughput --backend jax --device cpu --batch-sizes 32,128,512
 
 It prints one JSON object on stdout: the rows of the throughput matrix, the
 matmul peak, the model's FLOPs per image and the machine. When the device is
@@ -33,7 +33,8 @@ DATA_NOTE = ("real MNIST training images (data.load_dataset), scaled to [0, 1] a
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_multibackend.bench.throughput",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=BACKENDS, required=True)
     parser.add_argument("--device", choices=("cpu", "gpu"), required=True)
     parser.add_argument("--batch-sizes", default="32,128,512", help="comma-separated (default: 32,128,512)")
@@ -175,7 +176,7 @@ def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
     """Keras training data-parallel over ``args.replicas`` devices, the global batch split across them.
 
     There is no raw reference here (it runs on one device); the scaling efficiency against the
-    one-device Keras row is added by ``run.py``, which sees both workers' rows.
+    one-device Keras row is added by ``matrix``, which sees both workers' rows.
     """
     import keras
 

@@ -26,7 +26,9 @@ class Measurement:
     """Images per second (the median window), and what stands behind that figure."""
 
     images_per_second: float
-    compile_seconds: float  # the first probe's extra time over steady steps: tracing and compilation
+    # The first probe's extra time over steady steps: tracing and compilation. As measured: on a busy
+    # machine a small compile can come out below zero, and a floor at zero would hide that.
+    compile_seconds: float
     steps_per_window: int
     window_images_per_second: list[float]  # the timed windows, in round order
     cpu_share: float  # this process's CPU time / (wall time x cores) during its windows
@@ -75,7 +77,7 @@ def measure(runs: dict[str, Callable[[int], float]], batch_size: int, max_steps:
         step_seconds = statistics.median(seconds[name]) / steps[name]
         results[name] = Measurement(
             images_per_second=batch_size / step_seconds,
-            compile_seconds=max(0.0, first[name] - PROBE_STEPS * step_seconds),
+            compile_seconds=first[name] - PROBE_STEPS * step_seconds,
             steps_per_window=steps[name],
             window_images_per_second=[steps[name] * batch_size / s for s in seconds[name]],
             cpu_share=cpu[name] / (wall[name] * (os.cpu_count() or 1)),

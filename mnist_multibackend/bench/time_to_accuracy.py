@@ -1,7 +1,7 @@
 """Time to accuracy: wall seconds from a fresh process until the test accuracy first reaches 99.25 %.
 
 ``mnist-mb time-to-accuracy`` calls ``run(TimeToAccuracyConfig(...))``. Each run
-is a fresh worker process (``python -m benchmarks.time_to_accuracy --worker``)
+is a fresh worker process (``python -m mnist_multibackend.bench.time_to_accuracy --worker``)
 that trains one recipe on one backend exactly as ``mnist-mb train --recipe R``
 does, scoring the test set after every epoch. The clock starts when the worker's
 Python starts, before Keras is imported, so start-up, data loading and
@@ -9,7 +9,9 @@ compilation count, as they do for someone who types the command. Runs go one
 after another, never side by side.
 
 Writes ``results.json`` and ``results.md`` (one row per backend and recipe:
-runs, median/min/max seconds to the target, final test accuracy).
+runs, median/min/max seconds to the target, final test accuracy). A run whose
+worker failed is an error row among the runs (see ``workers``), counted as
+failed in its backend and recipe's row.
 """
 
 import time
@@ -19,20 +21,19 @@ PROCESS_STARTED = time.perf_counter()  # first, before the imports below: they a
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mnist_multibackend.atomic import write_text  # noqa: E402
-from mnist_multibackend.errors import InputError  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, machine  # noqa: E402
 
-from .workers import ERROR_PREFIX, answer_json, worker_env  # noqa: E402
+from .report import exit_status, write_results  # noqa: E402
+from .workers import answer_json, run_worker  # noqa: E402
+
+WORKER = "mnist_multibackend.bench.time_to_accuracy"
 
 
 @dataclasses.dataclass
@@ -61,7 +62,8 @@ def run(config: TimeToAccuracyConfig) -> dict:
         for recipe in config.recipes:
             for index in range(config.runs):
                 _log(f"{backend}, recipe {recipe}: run {index + 1} of {config.runs}")
-                runs.append(run_worker(backend, recipe, config))
+                runs.append(time_worker(backend, recipe, config))
+    hosts = [r["machine"] for r in runs if r["status"] == "ok"]
     results = {
         "schema": 1,
         "command": config.command(),
@@ -69,47 +71,44 @@ def run(config: TimeToAccuracyConfig) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "load_average_before": load_before,
         "target": TARGET_ACCURACY,
-        "machine": runs[0]["machine"] if runs else machine(),
+        "machine": hosts[0] if hosts else {k: v for k, v in machine().items() if k != "load_average_1min"},
         "summary": summarise(runs),
         "runs": runs,
     }
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text(out / "results.md", markdown(results))
+    write_results(config.out, results, markdown(results))
     return results
 
 
-def run_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict:
-    """One worker process; its JSON answer, with the process's whole wall time added."""
+def time_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict:
+    """One worker process: its answer with the process's whole wall time added, or an error row."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, "-m", "benchmarks.time_to_accuracy", "--worker", "--backend", backend,
-                   "--recipe", recipe, "--run-dir", run_dir]
-        command += (["--data", str(config.data)] if config.data else [])
-        command += (["--epochs", str(config.epochs)] if config.epochs else [])
-        command += (["--limit", str(config.limit)] if config.limit else [])
+        args = ["--worker", "--backend", backend, "--recipe", recipe, "--run-dir", run_dir]
+        args += ["--data", config.data] if config.data else []
+        args += ["--epochs", config.epochs] if config.epochs else []
+        args += ["--limit", config.limit] if config.limit else []
         launched = time.perf_counter()
-        worker = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
+        answer = run_worker(WORKER, args, label=f"time-to-accuracy: {backend}, recipe {recipe}", echo=False)
         process_seconds = time.perf_counter() - launched
-    error = next((line for line in worker.stderr.splitlines() if line.startswith(ERROR_PREFIX)), None)
-    if worker.returncode == 2 and error:  # bad input (e.g. no MNIST data): the worker's one line, once
-        subject, _, problem = error[len(ERROR_PREFIX):].partition(": ")
-        raise InputError(subject, problem)
-    if worker.returncode != 0:
-        sys.stderr.write(worker.stderr[-4000:])
-        raise RuntimeError(f"the {backend} worker for recipe {recipe} exited with status {worker.returncode}")
-    return {**json.loads(worker.stdout.strip().splitlines()[-1]), "process_seconds": round(process_seconds, 2)}
+    if answer["status"] == "error":
+        return {"backend": backend, "recipe": recipe, **answer}
+    return {**answer, "process_seconds": round(process_seconds, 2)}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (backend, recipe): medians and ranges over the runs."""
+    """One row per (backend, recipe): medians and ranges over the runs that finished, and how many failed."""
     rows = []
     for key in dict.fromkeys((r["backend"], r["recipe"]) for r in runs):
-        group = [r for r in runs if (r["backend"], r["recipe"]) == key]
+        everyone = [r for r in runs if (r["backend"], r["recipe"]) == key]
+        group = [r for r in everyone if r.get("status", "ok") == "ok"]
+        failed = len(everyone) - len(group)
+        if not group:
+            rows.append({"backend": key[0], "recipe": key[1], "runs": 0, "failed": failed, "reached": 0,
+                         "epochs": None})
+            continue
         reached = [r["seconds_to_target"] for r in group if r["seconds_to_target"] is not None]
         accuracies = [r["test_accuracy"] for r in group]
         rows.append({
-            "backend": key[0], "recipe": key[1], "runs": len(group), "reached": len(reached),
+            "backend": key[0], "recipe": key[1], "runs": len(group), "failed": failed, "reached": len(reached),
             "epochs": group[0]["epochs"],
             "median_seconds_to_target": statistics.median(reached) if reached else None,
             "min_seconds_to_target": min(reached, default=None),
@@ -137,11 +136,15 @@ TABLE_HEADER = ("| backend | recipe | epochs | runs | reached 99.25 % | seconds 
 def table(summary: list[dict]) -> str:
     lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     for s in summary:
+        runs = f"{s['runs']}" + (f" ({s['failed']} failed)" if s.get("failed") else "")
+        if not s["runs"]:
+            lines.append(f"| {s['backend']} | {s['recipe']} | – | {runs} |" + " – |" * 6)
+            continue
         seconds = (f"{s['median_seconds_to_target']:.0f} ({s['min_seconds_to_target']:.0f}–"
                    f"{s['max_seconds_to_target']:.0f})" if s["reached"] else "not reached")
         epoch = f"{s['median_epoch_reached']:g}" if s["reached"] else "–"
         speed = f"{s['median_steady_images_per_second']:,.0f}" if s["median_steady_images_per_second"] else "–"
-        lines.append(f"| {s['backend']} | {s['recipe']} | {s['epochs']} | {s['runs']} | {s['reached']} of "
+        lines.append(f"| {s['backend']} | {s['recipe']} | {s['epochs']} | {runs} | {s['reached']} of "
                      f"{s['runs']} | {seconds} | {epoch} | {s['median_test_accuracy']:.2%} "
                      f"({s['min_test_accuracy']:.2%}–{s['max_test_accuracy']:.2%}) "
                      f"| {s['median_process_seconds']:.0f} ({s['min_process_seconds']:.0f}–"
@@ -151,6 +154,8 @@ def table(summary: list[dict]) -> str:
 
 def markdown(results: dict) -> str:
     m = results["machine"]
+    failures = [f"- {r['backend']}, recipe {r['recipe']}: failed{exit_status(r)}: {r['reason']}"
+                for r in results["runs"] if r["status"] == "error"]
     return "\n".join([
         "# Time to accuracy",
         "",
@@ -165,6 +170,8 @@ def markdown(results: dict) -> str:
         "",
         table(results["summary"]),
         "",
+        *failures,
+        *([""] if failures else []),
     ])
 
 
@@ -183,7 +190,7 @@ def worker(args) -> dict:
     history = _read_history(Path(args.run_dir) / "history.csv")
     reached = time_to_accuracy(history["val_accuracy"], clock.seconds)
     return {
-        "backend": runtime.backend, "recipe": args.recipe, "epochs": config.epochs,
+        "status": "ok", "backend": runtime.backend, "recipe": args.recipe, "epochs": config.epochs,
         "seconds_to_target": reached["seconds"], "epoch_reached": reached["epoch"],
         "test_accuracy": metrics["test_accuracy"],
         "epoch_test_accuracy": history["val_accuracy"],
@@ -208,7 +215,7 @@ def _log(message: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy --worker")
+    parser = argparse.ArgumentParser(prog=f"python -m {WORKER} --worker")
     parser.add_argument("--worker", action="store_true", required=True)
     parser.add_argument("--backend", choices=BACKENDS, required=True)
     parser.add_argument("--recipe", choices=RECIPES, required=True)

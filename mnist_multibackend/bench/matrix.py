@@ -1,30 +1,27 @@
-"""The benchmark run: every backend and device in its own fresh process, then the data path, then the report.
+"""The throughput matrix: every backend and device in its own fresh process, then the data path, then the report.
 
 ``run_benchmarks(BenchConfig(...))`` is what ``mnist-mb bench`` calls. The
-workers (``python -m benchmarks.throughput``) run one after another, never
-side by side, so that they do not compete for the cores; the data path runs
-last, in this process, which never imports Keras.
+workers (``python -m mnist_multibackend.bench.throughput``) run one after
+another, never side by side, so that they do not compete for the cores; the
+data path runs last, in this process, which never imports Keras. A worker that
+fails is an error row (see ``workers``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from mnist_multibackend import data
-from mnist_multibackend.errors import InputError
-from mnist_multibackend.runtime import BACKENDS
+from mnist_multibackend.runtime import BACKENDS, machine
 
 from . import datapath, report
 from .throughput import unavailable_row
-from .workers import ERROR_PREFIX, worker_env
+from .workers import run_worker
 
 DEVICES = ("cpu", "gpu")
 # Full: the matrix the README shows. Quick: the same schema in about 90 s (the test suite runs it).
@@ -68,12 +65,13 @@ def run_benchmarks(config: BenchConfig) -> dict:
     workers = []
     for backend in config.backends:
         for device in config.devices:
-            single = run_worker(backend, device, settings, config.data)
+            single = throughput_worker(backend, device, settings, config.data)
             workers.append(single)
             if single["status"] != "ok":
                 continue
             counts = settings["cpu_replicas"] if device == "cpu" else [len(single["runtime"]["devices"])]
-            workers += [run_worker(backend, device, settings, config.data, replicas=n) for n in counts if n > 1]
+            workers += [throughput_worker(backend, device, settings, config.data, replicas=n)
+                        for n in counts if n > 1]
 
     _log("data path: IDX -> CSV and CSV loading")
     dataset = data.load_dataset(config.data, download=False)  # a worker has downloaded it if it had to
@@ -137,46 +135,23 @@ def scaling_efficiency(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def run_worker(backend: str, device: str, settings: dict, data_path: str | None, replicas: int = 1) -> dict:
-    """One ``python -m benchmarks.throughput`` process; its JSON answer, or an ``error`` row if it failed."""
-    command = [sys.executable, "-m", "benchmarks.throughput", "--backend", backend, "--device", device,
-               "--batch-sizes", ",".join(map(str, settings["batch_sizes"])),
-               "--windows", str(settings["windows"]), "--window-seconds", str(settings["window_seconds"]),
-               "--replicas", str(replicas)]
-    if data_path:
-        command += ["--data", str(data_path)]
-    _log(f"{backend} on {device}" + (f" x{replicas}" if replicas > 1 else "") + ": starting a fresh process")
-    error_line = None
-    with tempfile.TemporaryFile("w+") as answer:
-        with subprocess.Popen(command, stdout=answer, stderr=subprocess.PIPE, text=True, env=_worker_env()) as worker:
-            for line in worker.stderr:  # pass the worker's progress through; keep its error line for later
-                if line.startswith(ERROR_PREFIX):
-                    error_line = line[len(ERROR_PREFIX):].strip()
-                else:
-                    sys.stderr.write(line)
-        answer.seek(0)
-        lines = answer.read().strip().splitlines()
-    if worker.returncode == 2 and error_line:  # bad input, e.g. no MNIST data: the same one line, once
-        subject, _, problem = error_line.partition(": ")
-        raise InputError(subject, problem)
-    if worker.returncode != 0 or not lines:
-        reason = f"the worker exited with status {worker.returncode}; its error output is above"
-        target = {"backend": backend, "device": device, "replicas": replicas, "status": "error", "reason": reason}
-        return {**target, "rows": [unavailable_row(**target)]}
-    return json.loads(lines[-1])
-
-
-def _worker_env() -> dict:
-    env = worker_env()
-    # Each worker chooses its device itself (runtime.start); an inherited JAX_PLATFORMS=cpu would
-    # hide a GPU from the gpu worker and make it report the GPU as missing.
-    env.pop("JAX_PLATFORMS", None)
-    return env
+def throughput_worker(backend: str, device: str, settings: dict, data_path: str | None, replicas: int = 1) -> dict:
+    """One ``throughput`` worker's answer; if it failed, the error and one error row for its part of the matrix."""
+    args = ["--backend", backend, "--device", device, "--batch-sizes", ",".join(map(str, settings["batch_sizes"])),
+            "--windows", settings["windows"], "--window-seconds", settings["window_seconds"], "--replicas", replicas]
+    args += ["--data", data_path] if data_path else []
+    where = f"{backend} on {device}" + (f" x{replicas}" if replicas > 1 else "")
+    _log(f"{where}: starting a fresh process")
+    answer = run_worker("mnist_multibackend.bench.throughput", args, label=f"bench: {where}")
+    if answer["status"] != "error":
+        return answer
+    target = {"backend": backend, "device": device, "replicas": replicas, **answer}
+    return {**target, "rows": [unavailable_row(**target)]}
 
 
 def _machine(workers: list[dict]) -> dict:
     hosts = [w["machine"] for w in workers if w.get("machine")]
-    host = dict(hosts[0]) if hosts else {}
+    host = dict(hosts[0]) if hosts else {k: v for k, v in machine().items() if k != "load_average_1min"}
     host["gpu"] = next((h.get("gpu") for h in hosts if h.get("gpu")), None)
     versions = {}
     for h in hosts:

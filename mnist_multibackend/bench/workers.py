@@ -1,0 +1,123 @@
+"""The worker protocol: one measurement in a fresh process, its answer one JSON object on stdout.
+
+A process can hold only one Keras backend, and threads or oneDNN are fixed when
+TensorFlow starts, so every benchmark runs each measurement in a fresh worker
+process, ``python -m MODULE ARGS``, one after another. Both sides are here:
+
+- The worker wraps its work in ``answer_json``: it prints the result as one
+  JSON line on stdout and nothing else. Bad input (``InputError``: no MNIST
+  data, say) is one ``mnist-mb: error:`` line on stderr and exit status 2.
+- The parent calls ``run_worker``, which returns the worker's answer (with a
+  ``status``, ``"ok"`` unless the worker says otherwise).
+
+The failure policy, the same for every benchmark: a worker that crashes, fails
+or gives no answer becomes one error row, ``{"status": "error", "reason",
+"exit_code"}``: the reason is the worker's ``mnist-mb: error:`` line, else the
+last line of its stderr. The caller adds what the worker was measuring, goes
+on with the next one, writes its results with the error row among them, and
+exits non-zero. Only bad input is not a row: the same mistake would fail every
+worker, so ``run_worker`` raises the worker's ``InputError`` and the command
+stops with that one line and exit status 2, before it writes anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from mnist_multibackend.errors import InputError
+
+ERROR_PREFIX = "mnist-mb: error: "
+EXIT_BAD_INPUT = 2
+STDERR_TAIL_LINES = 40  # what a quiet worker's failure shows of its stderr
+
+
+def worker_env() -> dict:
+    """The environment for a worker: this very code first on the path, TensorFlow's start-up chatter off."""
+    env = dict(os.environ)
+    # The workers must import this very code, even when another copy of the project is installed.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Each worker chooses its device itself (runtime.start); an inherited JAX_PLATFORMS=cpu would
+    # hide a GPU from a gpu worker and make it report the GPU as missing.
+    env.pop("JAX_PLATFORMS", None)
+    return env
+
+
+def answer_json(compute: Callable[[], dict]) -> int:
+    """The worker's side: run ``compute`` and print its result as one JSON line on stdout; the exit status.
+
+    While it runs, stdout is stderr: whatever a library prints (Keras's progress
+    bar) must not corrupt the answer. Bad input is one ``ERROR_PREFIX`` line and
+    exit status 2, which the parent passes on.
+    """
+    answer, sys.stdout = sys.stdout, sys.stderr
+    try:
+        result = compute()
+    except InputError as err:
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        sys.stdout = answer
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def run_worker(module: str, args, *, label: str, echo: bool = True) -> dict:
+    """The parent's side: ``python -m module args`` in a fresh process; its answer, or one error row.
+
+    ``echo``: pass the worker's stderr (its progress) through as it comes;
+    otherwise it is kept back, and its last lines are shown only if the worker
+    fails. ``label`` starts the line that reports a failure (``"bench: jax on cpu"``).
+    """
+    command = [sys.executable, "-m", module, *map(str, args)]
+    error_line, tail = None, collections.deque(maxlen=STDERR_TAIL_LINES)
+    with tempfile.TemporaryFile("w+") as stdout:
+        with subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, errors="replace",
+                              env=worker_env()) as worker:
+            for line in worker.stderr:
+                if line.startswith(ERROR_PREFIX):  # kept for the one line the parent prints
+                    error_line = line[len(ERROR_PREFIX):].strip()
+                    continue
+                tail.append(line)
+                if echo:
+                    sys.stderr.write(line)
+        stdout.seek(0)
+        lines = stdout.read().strip().splitlines()
+    if worker.returncode == EXIT_BAD_INPUT and error_line:
+        subject, _, problem = error_line.partition(": ")
+        raise InputError(subject, problem)
+    answer = _parse_answer(lines) if worker.returncode == 0 else None
+    if answer is not None:
+        return {"status": "ok", **answer}
+    last = next((line.strip() for line in reversed(tail) if line.strip()), None)
+    reason = error_line or last or ("no JSON answer on stdout" if worker.returncode == 0 else "no output")
+    if not echo:
+        sys.stderr.writelines(tail)
+    print(f"{label}: the worker failed (exit status {worker.returncode}): {reason}", file=sys.stderr, flush=True)
+    return error_row(reason, worker.returncode)
+
+
+def error_row(reason: str, exit_code: int | None) -> dict:
+    """What a failed worker leaves in the results."""
+    return {"status": "error", "reason": reason, "exit_code": exit_code}
+
+
+def failed(rows) -> bool:
+    """Whether any row of a benchmark's results is a failed worker's: the command then exits non-zero."""
+    return any(row.get("status") == "error" for row in rows)
+
+
+def _parse_answer(lines: list[str]) -> dict | None:
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return None
+    return answer if isinstance(answer, dict) else None
