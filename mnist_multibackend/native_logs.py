@@ -31,6 +31,19 @@ NOISE = re.compile(
 _FLUSH_SECONDS = 2.0  # how long the exit waits for the last lines of a child that still holds the pipe
 
 
+_active = False  # whether filtered() is in force in this process
+
+
+def is_noise(line: str | bytes) -> bool:
+    """Whether ``line`` is one of the known start-up lines."""
+    return bool(NOISE.match(line.encode(errors="replace") if isinstance(line, str) else line))
+
+
+def active() -> bool:
+    """Whether this process filters now: then its child processes' stderr, relayed line by line, should be too."""
+    return _active
+
+
 def user_left_log_level() -> bool:
     """True unless the user chose TensorFlow's log level: then they see what it lets through."""
     return "TF_CPP_MIN_LOG_LEVEL" not in os.environ
@@ -39,7 +52,7 @@ def user_left_log_level() -> bool:
 def _pump(read_fd: int, out_fd: int) -> None:
     with open(read_fd, "rb", buffering=0) as pipe:
         for line in iter(pipe.readline, b""):
-            if not NOISE.match(line):
+            if not is_noise(line):
                 os.write(out_fd, line)
 
 
@@ -50,6 +63,7 @@ def filtered():
     Does nothing when ``sys.stderr`` is not the process's own (a test runner
     capturing it, say), so that it never takes output from whoever captures it.
     """
+    global _active
     if sys.stderr is not sys.__stderr__ or sys.stderr is None:
         yield
         return
@@ -63,9 +77,11 @@ def filtered():
                       errors="backslashreplace")
     pump = threading.Thread(target=_pump, args=(read_fd, terminal), name="native-stderr", daemon=True)
     pump.start()
+    _active = True
     try:
         yield
     finally:
+        _active = False
         sys.stderr.flush()
         os.dup2(terminal, 2)  # closes this process's write end: the pump ends at the pipe's end
         pump.join(_FLUSH_SECONDS)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from mnist_multibackend import data
+from mnist_multibackend.errors import require_at_least
 from mnist_multibackend.runtime import BACKENDS, machine
 
 from . import datapath, report
@@ -41,6 +42,10 @@ class BenchConfig:
     backends: tuple[str, ...] = BACKENDS
     devices: tuple[str, ...] = DEVICES
     batch_sizes: tuple[int, ...] | None = None  # None: FULL's or QUICK's
+
+    def __post_init__(self):
+        for batch_size in self.batch_sizes or ():
+            require_at_least("--batch-sizes", batch_size)
 
     def settings(self) -> dict:
         settings = dict(QUICK if self.quick else FULL)

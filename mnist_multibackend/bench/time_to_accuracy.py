@@ -27,6 +27,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from mnist_multibackend.errors import require_at_least  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, machine  # noqa: E402
 
@@ -45,6 +46,11 @@ class TimeToAccuracyConfig:
     data: str | None = None
     epochs: int | None = None  # override the recipes' (a quick check); None: the recipes' own
     limit: int | None = None  # train on the first N images only (a quick check)
+
+    def __post_init__(self):
+        for flag, value in (("--runs", self.runs), ("--epochs", self.epochs), ("--limit", self.limit)):
+            if value is not None:
+                require_at_least(flag, value)
 
     def command(self) -> str:
         words = ["mnist-mb", "time-to-accuracy", "--backends", ",".join(self.backends), "--recipes",

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from mnist_multibackend import native_logs
 from mnist_multibackend.errors import InputError
 
 ERROR_PREFIX = "mnist-mb: error: "
@@ -85,6 +86,8 @@ def run_worker(module: str, args, *, label: str, echo: bool = True) -> dict:
             for line in worker.stderr:
                 if line.startswith(ERROR_PREFIX):  # kept for the one line the parent prints
                     error_line = line[len(ERROR_PREFIX):].strip()
+                    continue
+                if native_logs.active() and native_logs.is_noise(line):  # as the parent's own are dropped
                     continue
                 tail.append(line)
                 if echo:
