@@ -32,6 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import keras_private
 from .atomic import atomic_path, write_text
 from .errors import InputError, first_line
 
@@ -39,7 +40,7 @@ CHECKPOINT_FILE = "checkpoint.json"
 _WEIGHTS_PATTERN = "epoch-*.weights.h5"
 
 
-class TrainingCheckpoint(keras.callbacks.BackupAndRestore):
+class TrainingCheckpoint(keras_private.BackupAndRestoreHooks):
     """Save the training state into ``directory`` at every epoch end; restore it when ``fit`` starts.
 
     ``settings`` (JSON-able) describe the run; a resumed run must have the same.
@@ -88,28 +89,27 @@ class TrainingCheckpoint(keras.callbacks.BackupAndRestore):
 
     # ---------------------------------------------------------------- Keras's hooks
 
-    def _load_model(self):
+    def restore(self):
         if self.state is None:
             return
         # Point Keras's own loader at the committed files: it builds the optimizer, loads the
         # weights and optimizer variables, and sets the epoch that fit() starts from.
-        self._weights_path = str(self.directory / self.state["weights"])
-        self._training_metadata_path = str(self.state_file)
+        weights_path = self.directory / self.state["weights"]
         try:
-            super()._load_model()
+            self.load_backup(weights_path, self.state_file)
         except Exception as err:  # noqa: BLE001 - whatever Keras or h5py raise, the file is unusable
             detail = first_line(err)
-            raise InputError(self._weights_path, f"not a readable checkpoint ({detail})") from None
+            raise InputError(weights_path, f"not a readable checkpoint ({detail})") from None
         _set_random_state(self.model, self.state["random"], self.state_file)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         self.epoch_seconds.append(self._timer_seconds[-1])
-        super().on_epoch_end(epoch, logs)  # calls _save_model
+        super().on_epoch_end(epoch, logs)  # calls backup
 
-    def _save_model(self):
-        epoch = self._current_epoch  # epochs completed, counted from 1
+    def backup(self):
+        epoch = self.epochs_done  # epochs completed, counted from 1
         weights = f"epoch-{epoch:04d}.weights.h5"
         with atomic_path(self.directory / weights) as tmp:
             self.model.save_weights(tmp)
@@ -156,18 +156,13 @@ def read_state(path: Path) -> dict | None:
 
 # --------------------------------------------------------------------------- random generators
 
-def _seed_states(model: keras.Model) -> list:
-    """The model's random generator states (the dropout layers'), in the model's variable order."""
-    weights = {id(w) for w in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
 def _random_state(model: keras.Model) -> dict:
     version, mersenne, gauss = random.getstate()
     name, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
+    seeds = keras_private.seed_generator_states(model)
     return {"python": [version, list(mersenne), gauss],
             "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached_gauss)],
-            "seed_generators": [keras.ops.convert_to_numpy(v.value).tolist() for v in _seed_states(model)]}
+            "seed_generators": [keras.ops.convert_to_numpy(v.value).tolist() for v in seeds]}
 
 
 def _set_random_state(model: keras.Model, state: dict, source: Path) -> None:
@@ -176,7 +171,7 @@ def _set_random_state(model: keras.Model, state: dict, source: Path) -> None:
         random.setstate((version, tuple(mersenne), gauss))
         name, keys, position, has_gauss, cached_gauss = state["numpy"]
         np.random.set_state((name, np.asarray(keys, np.uint32), position, has_gauss, cached_gauss))
-        variables = _seed_states(model)
+        variables = keras_private.seed_generator_states(model)
         if len(variables) != len(state["seed_generators"]):
             raise ValueError(f"{len(state['seed_generators'])} seed generators saved, the model has {len(variables)}")
         for variable, value in zip(variables, state["seed_generators"]):

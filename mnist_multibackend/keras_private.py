@@ -1,0 +1,268 @@
+"""Every Keras-private name the package relies on, behind small named functions.
+
+Keras promises nothing about these names; a release may rename or remove any of
+them. No other module of the package touches them (``tests/test_keras_private.py``
+checks that, and checks each one's behaviour on the installed Keras), so a Keras
+upgrade that breaks one breaks here, and ``check()`` says which.
+
+Checked on Keras 3.15.1 (TensorFlow 2.21.0 and JAX 0.10.2 backends); ``CHECKED_ON`` lists
+the releases.
+
+Each name, what it is needed for, and why no public API serves:
+
+- ``keras.src.legacy.saving.legacy_h5_format``: ``load_weights_from_hdf5_group``,
+  ``load_attributes_from_hdf5_group``, ``save_attributes_to_hdf5_group``. Reading and
+  writing Keras 2 weight groups (topological loading with shape checks; long
+  attributes split into chunks), in ``legacy.weights`` and ``legacy.optimizer``.
+  Public ``keras.saving.load_model`` reads whole files only: on a Keras 2 file it
+  rejects the Adam config (``lr``) and, with ``compile=False``, drops the Adam state.
+- ``keras.src.saving.serialization_lib.SafeModeScope`` (and ``in_safe_mode``, for
+  ``check``). Building a model from an untrusted Keras 2 config in safe mode even
+  when the process enabled unsafe deserialization, in ``legacy.architecture``.
+  Public ``keras.saving.deserialize_keras_object(config, safe_mode=True)`` gives
+  way to a process-wide ``keras.config.enable_unsafe_deserialization()`` (Keras
+  3.15 lets the global flag win), so it does not promise that.
+- ``Adam._momentums``, ``_velocities``, ``_velocity_hats``. Reading and writing
+  Keras 2's Adam state (moments per trainable weight), in ``legacy.optimizer``.
+  ``optimizer.variables`` holds them, but not by kind or weight.
+- ``BackupAndRestore._load_model`` and ``_save_model`` (the hooks it calls),
+  ``_weights_path``, ``_training_metadata_path``, ``_current_epoch``. Atomic
+  per-epoch checkpoints that still use Keras's own restore and epoch hand-over,
+  in ``checkpoint``. No public hook exists.
+- The ``SeedGenerator`` states (dropout's) are the ``model.variables`` that are
+  not ``model.weights``: public names, undocumented behaviour. Saving and
+  restoring the dropout seeds, in ``checkpoint``.
+- JAX backend: ``model._get_jax_state``. The state tuple ``model.train_step``
+  takes on JAX, in ``benchmarks/profile_jax.py`` and
+  ``benchmarks/jax_cpu_remedies.py`` (``jax_train_state``).
+
+Import this module only after ``runtime.start()`` has chosen the backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+
+import keras
+import numpy as np
+
+from .errors import first_line
+
+CHECKED_ON = ("3.15.1",)
+
+_LEGACY_H5 = "keras.src.legacy.saving.legacy_h5_format"
+_SERIALIZATION = "keras.src.saving.serialization_lib"
+
+
+class KerasPrivateError(RuntimeError):
+    """A Keras-private name the package needs is missing or behaves differently in the installed Keras."""
+
+    def __init__(self, problems):
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = problems
+        super().__init__(
+            f"Keras {keras.__version__} breaks what mnist_multibackend relies on: {'; '.join(problems)}. "
+            f"It was checked on Keras {', '.join(CHECKED_ON)}: install that (pip install 'keras=={CHECKED_ON[-1]}') "
+            "or update mnist_multibackend/keras_private.py for this release.")
+
+
+def _private(module: str, name: str):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise KerasPrivateError(f"{module}.{name} is missing") from None
+
+
+def _attribute(obj, name: str):
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise KerasPrivateError(f"{type(obj).__name__}.{name} is missing") from None
+
+
+# --------------------------------------------------------------------------- Keras 2 HDF5 groups
+
+def load_weights_from_hdf5_group(group, model) -> None:
+    """Keras's reader of a Keras 2 weights group: layer by layer in order, checking counts and shapes."""
+    _private(_LEGACY_H5, "load_weights_from_hdf5_group")(group, model)
+
+
+def load_attributes_from_hdf5_group(group, name: str) -> list:
+    """An attribute list (``layer_names``, ``weight_names``), joined again if Keras 2 split it into chunks."""
+    return _private(_LEGACY_H5, "load_attributes_from_hdf5_group")(group, name)
+
+
+def save_attributes_to_hdf5_group(group, name: str, data) -> None:
+    """Write an attribute list, split into chunks as Keras 2 did when it exceeds HDF5's 64 KB header limit."""
+    _private(_LEGACY_H5, "save_attributes_to_hdf5_group")(group, name, data)
+
+
+# --------------------------------------------------------------------------- safe mode
+
+def safe_mode_scope(safe_mode: bool = True):
+    """Context manager: Keras deserializes in ``safe_mode`` inside it, whatever the process set outside."""
+    return _private(_SERIALIZATION, "SafeModeScope")(safe_mode)
+
+
+# --------------------------------------------------------------------------- Adam state
+
+def adam_slots(optimizer) -> dict:
+    """A built Adam's state variables: ``{"m": [...], "v": [...], "vhat": [...]}``, each in the order of
+    ``model.trainable_variables`` (``vhat`` is empty without amsgrad)."""
+    return {"m": list(_attribute(optimizer, "_momentums")), "v": list(_attribute(optimizer, "_velocities")),
+            "vhat": list(getattr(optimizer, "_velocity_hats", None) or [])}
+
+
+# --------------------------------------------------------------------------- BackupAndRestore
+
+class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` with its private hooks under public names.
+
+    Keras calls ``restore()`` when ``fit`` starts and ``backup()`` at every save
+    (each epoch end with ``save_freq="epoch"``). ``load_backup`` runs Keras's own
+    loader on the given files; ``epochs_done`` counts the epochs completed.
+    """
+
+    def restore(self) -> None:
+        """Override: load the training state, if any, when ``fit`` starts."""
+
+    def backup(self) -> None:
+        """Override: save the training state."""
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs completed so far in this ``fit``, counted from 1 (restored ones included)."""
+        return self._current_epoch
+
+    def load_backup(self, weights_path, metadata_path) -> None:
+        """Keras's own loader: builds the optimizer, loads the weights and optimizer variables from
+        ``weights_path`` and makes ``fit`` start after the epoch named in the JSON ``metadata_path``."""
+        self._weights_path = str(weights_path)
+        self._training_metadata_path = str(metadata_path)
+        keras.callbacks.BackupAndRestore._load_model(self)
+
+    # Keras's private hooks
+    def _load_model(self):
+        self.restore()
+
+    def _save_model(self):
+        self.backup()
+
+
+# --------------------------------------------------------------------------- random generators
+
+def seed_generator_states(model: keras.Model) -> list:
+    """The model's random generator states (the dropout layers'), in the model's variable order."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+# --------------------------------------------------------------------------- JAX training state
+
+def jax_train_state(model: keras.Model) -> tuple:
+    """JAX backend: ``(trainable, non_trainable, optimizer, metrics)`` variable values, the state that
+    ``model.train_step`` takes; build the optimizer and metrics first (one ``train_on_batch``)."""
+    return _attribute(model, "_get_jax_state")(trainable_variables=True, non_trainable_variables=True,
+                                               optimizer_variables=True, metrics_variables=True)
+
+
+# --------------------------------------------------------------------------- check
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, name="dense")(keras.layers.Dropout(0.5, seed=1, name="dropout")(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def _check_h5_functions() -> None:
+    import h5py
+
+    model, other = _tiny_model(), _tiny_model()
+    with tempfile.TemporaryFile() as handle, h5py.File(handle, "w") as f:
+        save_attributes_to_hdf5_group(f, "layer_names", np.array([layer.name.encode("utf8") for layer in model.layers]))
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
+            save_attributes_to_hdf5_group(group, "weight_names", np.array([n.encode("utf8") for n in names], "S"))
+            for name, weight in zip(names, layer.weights):
+                group.create_dataset(name, data=keras.ops.convert_to_numpy(weight))
+        if load_attributes_from_hdf5_group(f, "layer_names") != [layer.name for layer in model.layers]:
+            raise KerasPrivateError(f"{_LEGACY_H5}.load_attributes_from_hdf5_group reads other names than written")
+        load_weights_from_hdf5_group(f, other)
+    if not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), other.get_weights())):
+        raise KerasPrivateError(f"{_LEGACY_H5}.load_weights_from_hdf5_group loads other weights than written")
+
+
+def _check_safe_mode() -> None:
+    in_safe_mode = _private(_SERIALIZATION, "in_safe_mode")
+    before = in_safe_mode()
+    with safe_mode_scope(False):
+        with safe_mode_scope(True):
+            inside = in_safe_mode()
+    if inside is not True or in_safe_mode() != before:
+        raise KerasPrivateError(f"{_SERIALIZATION}.SafeModeScope no longer sets safe mode for its scope only")
+
+
+def _check_adam_slots() -> None:
+    variables = [keras.Variable(np.zeros((2, 3)), name="a"), keras.Variable(np.zeros(4), name="b")]
+    for amsgrad in (False, True):
+        optimizer = keras.optimizers.Adam(amsgrad=amsgrad)
+        optimizer.build(variables)
+        slots = adam_slots(optimizer)
+        for kind in ("m", "v") + (("vhat",) if amsgrad else ()):
+            if [tuple(s.shape) for s in slots[kind]] != [tuple(v.shape) for v in variables]:
+                raise KerasPrivateError(f"Adam's '{kind}' slots no longer follow the trainable variables")
+        if not amsgrad and slots["vhat"]:
+            raise KerasPrivateError("Adam without amsgrad has _velocity_hats")
+
+
+def _check_backup_and_restore() -> None:
+    hooks = ("_load_model", "_save_model")
+    attributes = ("_weights_path", "_training_metadata_path", "_current_epoch")
+    callback = keras.callbacks.BackupAndRestore(backup_dir="unused")
+    missing = ([f"BackupAndRestore.{name} is missing" for name in hooks
+                if not callable(getattr(keras.callbacks.BackupAndRestore, name, None))]
+               + [f"BackupAndRestore().{name} is missing" for name in attributes if not hasattr(callback, name)])
+    if missing:
+        raise KerasPrivateError(missing)
+
+
+def _check_seed_generator_states() -> None:
+    model = _tiny_model()
+    states = seed_generator_states(model)
+    if len(states) != 1 or tuple(states[0].shape) != (2,):
+        raise KerasPrivateError(f"a model with one Dropout has {len(states)} non-weight variables "
+                                f"{[v.path for v in states]}, not one SeedGenerator state of shape (2,)")
+
+
+def _check_jax_state() -> None:
+    if keras.backend.backend() != "jax":
+        return
+    model = _tiny_model()
+    model.compile(optimizer="adam", loss="mse")
+    model.train_on_batch(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"))
+    state = jax_train_state(model)
+    expected = (len(model.trainable_variables), len(model.non_trainable_variables), len(model.optimizer.variables),
+                len(model.metrics_variables))
+    if len(state) != 4 or tuple(map(len, state)) != expected:
+        raise KerasPrivateError(f"model._get_jax_state gives {len(state)} groups, not the 4 that train_step takes")
+
+
+CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
+          "Adam slots": _check_adam_slots, "BackupAndRestore hooks": _check_backup_and_restore,
+          "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state}
+
+
+def check() -> None:
+    """Verify every private name above on the installed Keras; raise ``KerasPrivateError`` naming each problem."""
+    problems = []
+    for what, check_one in CHECKS.items():
+        try:
+            check_one()
+        except KerasPrivateError as err:
+            problems += err.problems
+        except Exception as err:  # noqa: BLE001 - a changed signature or behaviour: name it with its check
+            problems.append(f"{what}: {type(err).__name__}: {first_line(err, limit=200)}")
+    if problems:
+        raise KerasPrivateError(problems)

@@ -1,0 +1,283 @@
+"""Model architectures both ways: a Keras 2 ``{class_name, config}`` (from HDF5 JSON or ``to_yaml()`` text)
+becomes a Keras 3 model, and a Keras 3 model becomes the config Keras 2.1.2 wrote.
+
+What is written follows Keras 2.1.2's dialect (``batch_input_shape``,
+``inbound_nodes`` lists, ``{class_name, config}`` objects) so that Keras 2
+itself, e.g. ``tf_keras``, reads it.
+"""
+
+from __future__ import annotations
+
+import keras
+import yaml
+
+from .. import keras_private
+from ..errors import InputError, first_line
+from .safety import BUILTIN_CLASSES, check_config_classes, parse_keras2_yaml
+from .weights import KERNEL_CONVENTION
+
+# ---------------------------------------------------------------------------
+# Keras 2 config -> Keras 3 model
+# ---------------------------------------------------------------------------
+
+# Options of Keras 2 layers that Keras 3 lacks and that only chose an
+# implementation or repeated the input shape: dropped when they hold the value
+# given here (ANY: whatever the value).
+ANY = object()
+KERAS2_ONLY_OPTIONS = {
+    "fused": ANY, "virtual_batch_size": None, "adjustment": None,  # BatchNormalization
+    "implementation": ANY, "time_major": False,  # recurrent layers
+    "input_length": ANY,  # Embedding: the input shape says it
+    "input_dtype": ANY,  # Keras 1's name for dtype of the first layer
+}
+
+
+def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
+    """One Keras 2 layer entry as Keras 3 reads it; the first layer of a Sequential may become two."""
+    if not isinstance(layer, dict):
+        raise InputError(source, f"a layer entry is not a {{class_name, config}} mapping: {str(layer)[:120]}")
+    # tf_keras adds "module"/"registered_name" (checked already); without them Keras 3 takes its Keras 2
+    # path, which also turns BatchNormalization's axis [3] into 3.
+    layer = {k: v for k, v in layer.items() if k not in ("module", "registered_name")}
+    class_name = layer.get("class_name")
+    if class_name in ("Model", "Functional", "Sequential"):
+        return [{**layer, **_keras3_model_config(layer, source)}]
+    if not isinstance(layer.get("config"), dict):
+        raise InputError(source, f"layer entry {str(layer)[:120]} has no config mapping")
+    config = dict(layer["config"])
+    name = config.get("name", layer.get("name"))
+    for option, neutral in KERAS2_ONLY_OPTIONS.items():
+        if option in config and (neutral is ANY or config[option] == neutral):
+            del config[option]
+    batch_input_shape = config.pop("batch_input_shape", None)
+    if class_name == "InputLayer":
+        if batch_input_shape is not None:
+            config["batch_shape"] = list(batch_input_shape)
+        return [{**layer, "config": config}]
+    entries = []
+    if sequential_first and batch_input_shape is not None:
+        # Keras 2 kept a Sequential's input shape on its first layer; Keras 3 wants an InputLayer.
+        entries.append({"class_name": "InputLayer", "config": {
+            "batch_shape": list(batch_input_shape), "dtype": config.get("dtype") or "float32",
+            "name": f"{name}_input"}})
+    entries.append({**layer, "config": config})
+    return entries
+
+
+def _keras3_model_config(model_config: dict, source) -> dict:
+    """``{class_name, config}`` of a Keras 2 model, rewritten into what Keras 3's ``from_config`` takes."""
+    class_name, config = model_config.get("class_name"), model_config.get("config")
+    if class_name == "Sequential":
+        if isinstance(config, list):  # Keras before 2.2.3 wrote a bare list of layers
+            config = {"name": "sequential", "layers": config}
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise InputError(source, "Sequential config has no list of layers")
+        layers = []
+        for i, layer in enumerate(config["layers"]):
+            layers += _keras3_layer(layer, source, sequential_first=i == 0)
+        return {"class_name": "Sequential",
+                "config": {"name": config.get("name") or "sequential", "layers": layers}}
+    if class_name in ("Model", "Functional"):
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), list) for k in
+                                                   ("layers", "input_layers", "output_layers")):
+            raise InputError(source, f"{class_name} config needs lists 'layers', 'input_layers' and 'output_layers'")
+        layers = []
+        for layer in config["layers"]:
+            (entry,) = _keras3_layer(layer, source)
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("inbound_nodes"), list):
+                raise InputError(source, f"layer entry {str(layer)[:120]} needs a 'name' and 'inbound_nodes'")
+            layers.append(entry)
+        return {"class_name": "Functional", "config": {
+            "name": config.get("name") or "model", "trainable": config.get("trainable", True),
+            "layers": layers, "input_layers": config["input_layers"], "output_layers": config["output_layers"]}}
+    raise InputError(source, f"top-level class is {class_name!r}; expected Model, Functional or Sequential")
+
+
+def model_from_keras2_config(model_config, source="model config") -> keras.Model:
+    """Build a Keras 3 model (uncompiled, freshly initialised) from a Keras 2 ``{class_name, config}`` dict."""
+    if not isinstance(model_config, dict) or "class_name" not in model_config:
+        raise InputError(source, "not a Keras model configuration (no 'class_name' at the top)")
+    check_config_classes(model_config, source)
+    try:
+        keras3 = _keras3_model_config(model_config, source)
+        cls = keras.Sequential if keras3["class_name"] == "Sequential" else keras.Model
+        # Safe mode even if the process enabled unsafe deserialization elsewhere.
+        with keras_private.safe_mode_scope(True):
+            return cls.from_config(keras3["config"])
+    except (InputError, keras_private.KerasPrivateError):
+        raise
+    except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
+        raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
+
+
+def model_from_yaml(text: str, source="YAML") -> keras.Model:
+    """The architecture in a Keras 2 ``to_yaml()`` text (functional ``Model`` or ``Sequential``), uncompiled."""
+    return model_from_keras2_config(parse_keras2_yaml(text, source), source)
+
+
+# ---------------------------------------------------------------------------
+# Keras 3 model -> Keras 2 config
+# ---------------------------------------------------------------------------
+
+# Options Keras 2.1 did not have. At the value given they change nothing, so
+# they are left out and every Keras 2 release reads the layer.
+NEWER_OPTIONS_AT_DEFAULT = {
+    "groups": 1, "synchronized": False, "renorm": False, "renorm_clipping": None, "optional": False,
+    "ragged": False, "quantization_config": None, "lora_rank": None, "lora_alpha": None,
+}
+# Options no Keras 2 release knows: a model that uses them cannot be written.
+KERAS3_ONLY_OPTIONS = frozenset({"quantization_config", "lora_rank", "lora_alpha"})
+# Keras 2.1's VarianceScaling called the truncated normal "normal" (tf.keras reads both).
+KERAS2_DISTRIBUTIONS = {"truncated_normal": "normal"}
+
+
+def _keras2_object(value, where: str):
+    """A Keras 3 serialized object (initializer, regularizer ...) as Keras 2's ``{class_name, config}``."""
+    if isinstance(value, dict):
+        if "class_name" in value and "config" in value:
+            class_name, config = value["class_name"], value["config"]
+            if class_name == "DTypePolicy":
+                return _keras2_dtype(value, where)
+            if value.get("module") == "keras.initializers" or class_name in _VARIANCE_SCALING:
+                return _keras2_initializer(value, where)
+            if class_name in ("L1", "L2"):  # Keras 2.1 had only the L1L2 class
+                config = {"l1": float(config.get("l1", 0.0)), "l2": float(config.get("l2", 0.0))}
+                class_name = "L1L2"
+            return {"class_name": class_name, "config": _keras2_object(config, where)}
+        return {k: _keras2_object(v, where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_keras2_object(v, where) for v in value]
+    return value
+
+
+_VARIANCE_SCALING = frozenset({"VarianceScaling", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal",
+                               "LecunUniform", "LecunNormal"})
+
+
+def _keras2_initializer(value: dict, where: str) -> dict:
+    initializer = keras.initializers.get(dict(value))
+    if isinstance(initializer, keras.initializers.VarianceScaling):
+        # Keras 2.1 knew Glorot, He and LeCun only as VarianceScaling settings.
+        config = initializer.get_config()
+        if config.get("input_axes") is not None or config.get("output_axes") is not None:
+            raise InputError(where, "initializer uses input_axes/output_axes, which Keras 2 lacks")
+        return {"class_name": "VarianceScaling", "config": {
+            "scale": float(initializer.scale), "mode": initializer.mode,
+            "distribution": KERAS2_DISTRIBUTIONS.get(initializer.distribution, initializer.distribution),
+            "seed": config.get("seed")}}
+    return {"class_name": value["class_name"], "config": _keras2_object(value["config"], where)}
+
+
+def _keras2_dtype(dtype, where: str):
+    if isinstance(dtype, dict):  # a Keras 3 DTypePolicy
+        name = dtype.get("config", {}).get("name")
+        if name not in ("float16", "bfloat16", "float32", "float64"):
+            raise InputError(where, f"dtype policy {name!r} cannot be written for Keras 2")
+        return name
+    return dtype
+
+
+def _keras2_layer_config(layer: keras.layers.Layer, config: dict) -> dict:
+    where = f"layer {layer.name!r} ({type(layer).__name__})"
+    out = {}
+    for key, value in config.items():
+        if key in NEWER_OPTIONS_AT_DEFAULT and value == NEWER_OPTIONS_AT_DEFAULT[key]:
+            continue
+        if key in KERAS3_ONLY_OPTIONS:
+            raise InputError(where, f"uses {key}={value!r}, which Keras 2 cannot express")
+        if key == "renorm_momentum" and not config.get("renorm"):
+            continue
+        if key == "data_format" and isinstance(layer, keras.layers.Flatten) and value == "channels_last":
+            continue  # Keras 2.1's Flatten had no data_format and always flattened channels-last
+        if key == "dtype":
+            value = _keras2_dtype(value, where)
+        elif key == "batch_shape":
+            key, value = "batch_input_shape", list(value)
+        out[key] = _keras2_object(value, where)
+    return out
+
+
+def _keras2_inbound_nodes(entry: dict, where: str) -> list:
+    """Keras 3's ``{args, kwargs}`` nodes as Keras 2's ``[[layer, node, tensor, kwargs], ...]`` lists."""
+    nodes = []
+    for node in entry.get("inbound_nodes", []):
+        args, kwargs = node.get("args", ()), dict(node.get("kwargs", {}))
+        if kwargs.get("mask", ...) is None:
+            del kwargs["mask"]  # Keras 3 records the absent mask; Keras 2 never passed one
+        # Keras 3 records the training flag it resolved while building and overrides it at run time; in a
+        # Keras 2 file it would pin the layer (training=False: dropout never active), so it is left out.
+        kwargs.pop("training", None)
+        if len(args) != 1:
+            raise InputError(where, "is called with more than one positional argument, which Keras 2 cannot express")
+        inputs = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
+        links = []
+        for tensor in inputs:
+            if not (isinstance(tensor, dict) and tensor.get("class_name") == "__keras_tensor__"):
+                raise InputError(where, f"is called on a constant ({str(tensor)[:60]}), which Keras 2 cannot express")
+            layer_name, node_index, tensor_index = tensor["config"]["keras_history"]
+            links.append([layer_name, node_index, tensor_index, _keras2_object(kwargs, where)])
+        nodes.append(links)
+    return nodes
+
+
+def keras2_model_config(model: keras.Model) -> dict:
+    """The model's architecture as Keras 2.1.2 wrote it: ``{"class_name": "Model" | "Sequential", "config": ...}``.
+
+    A functional model becomes ``Model`` with Keras 2 ``inbound_nodes``; a
+    ``Sequential`` becomes the bare list of layers (its input shape on the
+    first layer), the form every Keras 2 release reads.
+    """
+    config = model.get_config()
+    layers = {layer.name: layer for layer in model.layers}
+    if isinstance(model, keras.Sequential):
+        entries, batch_shape = [], None
+        for entry in config["layers"]:
+            if entry["class_name"] == "InputLayer":
+                batch_shape = list(entry["config"]["batch_shape"])
+                continue
+            layer = layers[entry["config"]["name"]]
+            class_name, layer_config = _keras2_layer(layer, entry["config"])
+            if batch_shape is not None and not entries:
+                layer_config = {"batch_input_shape": batch_shape, **layer_config}
+            entries.append({"class_name": class_name, "config": layer_config})
+        return {"class_name": "Sequential", "config": entries}
+    if not all(k in config for k in ("layers", "input_layers", "output_layers")):
+        raise InputError(f"model {model.name!r}", "is neither functional nor Sequential; Keras 2 cannot describe it")
+    entries = []
+    for entry in config["layers"]:
+        layer = layers[entry["name"]]
+        class_name, layer_config = _keras2_layer(layer, entry["config"])
+        entries.append({"class_name": class_name, "config": layer_config, "name": entry["name"],
+                        "inbound_nodes": _keras2_inbound_nodes(entry, f"layer {layer.name!r}")})
+    return {"class_name": "Model", "config": {
+        "name": config["name"], "layers": entries,
+        "input_layers": _keras2_endpoints(config["input_layers"]),
+        "output_layers": _keras2_endpoints(config["output_layers"])}}
+
+
+def _keras2_layer(layer, config: dict) -> tuple:
+    """``(class_name, config)`` of one layer (or nested model) in Keras 2 terms."""
+    if isinstance(layer, keras.Model):
+        nested = keras2_model_config(layer)
+        return nested["class_name"], nested["config"]
+    name = type(layer).__name__
+    if name not in BUILTIN_CLASSES or not type(layer).__module__.startswith("keras."):
+        raise InputError(f"layer {layer.name!r}", f"is a {name}, not one of Keras's built-in layers; Keras 2 "
+                                                  "files hold only those")
+    return name, _keras2_layer_config(layer, config)
+
+
+def _keras2_endpoints(endpoints) -> list:
+    # Keras 3 writes a single input or output as one [name, node, tensor] triple; Keras 2 always a list of them.
+    if len(endpoints) == 3 and isinstance(endpoints[0], str):
+        return [list(endpoints)]
+    return [list(e) for e in endpoints]
+
+
+def _keras2_document(model: keras.Model) -> dict:
+    return {**keras2_model_config(model), "keras_version": keras.__version__, "backend": KERNEL_CONVENTION}
+
+
+def model_to_yaml(model: keras.Model) -> str:
+    """The architecture as Keras 2 ``to_yaml()`` text, in plain YAML that ``yaml.safe_load`` reads."""
+    return yaml.safe_dump(_keras2_document(model), default_flow_style=None, sort_keys=True)
