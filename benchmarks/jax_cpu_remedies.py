@@ -74,6 +74,7 @@ def main(argv=None) -> int:
 
     from mnist_multibackend import data
     from mnist_multibackend.jax_cpu import speed_up
+    from mnist_multibackend.keras_private import jax_train_state
     from mnist_multibackend.model import build_model, compile_model
 
     load_start = os.getloadavg()
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
 
     models = {variant: model_for(variant) for variant in args.variants}
     # One starting state for all, copied to the host: each variant's steps consume (donate) their own copy.
-    start_state = jax.device_get(models["plain"]._get_jax_state(
-        trainable_variables=True, non_trainable_variables=True, optimizer_variables=True, metrics_variables=True))
+    start_state = jax.device_get(jax_train_state(models["plain"]))
 
     def fresh_state():
         return jax.tree.map(jax.numpy.asarray, start_state)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
 def measure_fit(models, x, y, args) -> dict:
     """``model.fit`` images/s of plain and kept, windows interleaved (``timing.measure``), on real images."""
     from mnist_multibackend import data
-    from mnist_multibackend.training import EpochTimer
+    from mnist_multibackend.callbacks import EpochTimer
 
     from mnist_multibackend.bench.timing import measure, paired_ratio
 

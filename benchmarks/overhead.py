@@ -79,7 +79,9 @@ def worker(args) -> dict:
     runtime = start(args.worker, "cpu")
     from mnist_multibackend import data
     from mnist_multibackend.model import build_model, compile_model
-    from mnist_multibackend.training import ElapsedClock, TrainConfig, train
+    from mnist_multibackend.callbacks import ElapsedClock
+    from mnist_multibackend.recipes import TrainConfig
+    from mnist_multibackend.training import train
 
     dataset = data.load_dataset(args.data)
     x, y = data.as_model_input(dataset.x_train[:args.images]), data.one_hot(dataset.y_train[:args.images])

@@ -83,6 +83,7 @@ def run(args, out: Path) -> dict:
 
     from mnist_multibackend import data
     from mnist_multibackend.jax_cpu import speed_up
+    from mnist_multibackend.keras_private import jax_train_state
     from mnist_multibackend.model import build_model, compile_model
 
     load = os.getloadavg()[0]
@@ -94,8 +95,7 @@ def run(args, out: Path) -> dict:
         speed_up(model)
     model = compile_model(model)
     model.train_on_batch(x, y)  # builds the optimizer and metric variables that the step's state holds
-    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                 optimizer_variables=True, metrics_variables=True)
+    state = jax_train_state(model)
     batch = (jax.device_put(x), jax.device_put(y), None)
     # The executable that runs is the one whose HLO is read: the trace names its operations.
     compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, batch).compile()

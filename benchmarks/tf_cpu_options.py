@@ -57,7 +57,7 @@ def worker(settings: dict, images: int, windows: int, data_path: str | None) -> 
         keras.mixed_precision.set_global_policy(settings["policy"])
     from mnist_multibackend import data
     from mnist_multibackend.model import build_model, compile_model
-    from mnist_multibackend.training import EpochBatches
+    from mnist_multibackend.feeding import EpochBatches
 
     options = {**DEFAULT, **settings}
     dataset = data.load_dataset(data_path)

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, import_tf_keras
-from mnist_multibackend import data, legacy
+from mnist_multibackend import data, keras_private, legacy
 from mnist_multibackend.errors import InputError
 from mnist_multibackend.model import build_model, compile_model, load_saved_model
 
@@ -43,10 +43,9 @@ def keras2_order(model):
 
 def adam_slots(model):
     """``{weight path: (m, v)}`` of the model's Keras 3 Adam."""
-    optimizer = model.optimizer
+    slots = keras_private.adam_slots(model.optimizer)
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    return {w.path: (numpy(optimizer._momentums[index[id(w)]]), numpy(optimizer._velocities[index[id(w)]]))
-            for w in keras2_order(model)}
+    return {w.path: (numpy(slots["m"][index[id(w)]]), numpy(slots["v"][index[id(w)]])) for w in keras2_order(model)}
 
 
 def file_moments(path):
@@ -372,7 +371,7 @@ def test_a_model_trained_here_round_trips_with_amsgrad_and_a_sequential(tmp_path
     again = legacy.load_legacy_h5(tmp_path / "small.h5")
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
     assert again.optimizer.amsgrad and int(again.optimizer.iterations) == 8
-    for a, b in zip(again.optimizer._velocity_hats, model.optimizer._velocity_hats):
+    for a, b in zip(keras_private.adam_slots(again.optimizer)["vhat"], keras_private.adam_slots(model.optimizer)["vhat"]):
         np.testing.assert_array_equal(numpy(a), numpy(b))
     again.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
     model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)

@@ -118,7 +118,8 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
 
     from mnist_multibackend.model import build_model, compile_model
     from mnist_multibackend.jax_cpu import speed_up
-    from mnist_multibackend.training import STEPS_PER_EXECUTION, EpochTimer
+    from mnist_multibackend.callbacks import EpochTimer
+    from mnist_multibackend.training import STEPS_PER_EXECUTION
 
     from .core import batches, spec_from_keras
     from .timing import measure, paired_ratio, timed
@@ -181,7 +182,7 @@ def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
     import keras
 
     from mnist_multibackend.distribute import data_parallel
-    from mnist_multibackend.training import EpochTimer
+    from mnist_multibackend.callbacks import EpochTimer
 
     from .timing import measure
 

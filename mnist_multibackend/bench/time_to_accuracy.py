@@ -188,7 +188,9 @@ def worker(args) -> dict:
     from mnist_multibackend.runtime import start
 
     runtime = start(args.backend, "cpu")
-    from mnist_multibackend.training import ElapsedClock, TrainConfig, time_to_accuracy, train
+    from mnist_multibackend.callbacks import ElapsedClock
+    from mnist_multibackend.recipes import TrainConfig
+    from mnist_multibackend.training import time_to_accuracy, train
 
     clock = ElapsedClock(PROCESS_STARTED)
     config = TrainConfig(recipe=args.recipe, epochs=args.epochs, limit=args.limit, data=args.data, out=args.run_dir)
