@@ -3,7 +3,7 @@
     python -m benchmarks.tf_cpu_options [--images 19200] [--windows 3] [--out DIR]
 
 Every variant trains the model with ``model.fit`` on real MNIST images, fed as
-the project feeds them (``training.EpochBatches``), and changes one thing
+the project feeds them (``feeding.EpochBatches``), and changes one thing
 against the project's default (32 steps per execution, batch 128, TensorFlow's
 own thread pools, oneDNN on, float32): steps per execution, inter-op threads,
 batch size, oneDNN, mixed ``bfloat16`` precision. Threads and oneDNN must be

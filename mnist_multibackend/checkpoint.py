@@ -18,7 +18,7 @@ A resumed run continues with the saved weights, optimizer state, dropout seeds a
 Python's and NumPy's generators. On JAX, Keras shuffles the training images with
 NumPy's generator, so a resumed seeded run repeats the uninterrupted one exactly
 (tested). A seeded TensorFlow run, and any augmented run, is fed by
-``training.EpochBatches``, whose order and distortions are drawn from the seed and
+``feeding.EpochBatches``, whose order and distortions are drawn from the seed and
 the epoch number alone, so the resumed run draws what the interrupted one would have.
 """
 
