@@ -12,5 +12,5 @@ each run from the repository's root as ``python -m benchmarks.NAME --help``:
 - ``jax_cpu_remedies``: the JAX/CPU forms of ``mnist_multibackend.jax_cpu`` against Keras's own.
 
 ``results/`` holds the committed results of the bench, time to accuracy and
-these studies, which the README quotes.
+these studies, which docs/performance.md quotes.
 """

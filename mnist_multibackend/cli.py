@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run whose state is in --checkpoint-dir")
     train.add_argument("--report", action="store_true", help="also write the report (see: report) into OUT/report")
-    parallel = train.add_argument_group("data-parallel training (see the README)")
+    parallel = train.add_argument_group("data-parallel training (see docs/gpu-and-distributed.md)")
     parallel.add_argument("--distribute", action="store_true",
                           help="one model replica per visible device of the chosen kind, the global "
                                "--batch-size split across them (TensorFlow: several workers when TF_CONFIG names them)")

@@ -17,7 +17,7 @@ class EpochBatches(keras.utils.PyDataset):
 
     Why not Keras's own shuffling of arrays: on TensorFlow, with a seed, it
     repeats one order every epoch, and these batches with 32 steps per execution
-    trained 1.41x faster than it on this 2-core CPU (README, "Performance").
+    trained 1.41x faster than it on this 2-core CPU (docs/performance.md).
     The order depends on the epoch number alone (not on how many epochs this
     object has served), so a resumed run draws what the interrupted one would
     have; ``fit`` tells the epoch through the ``follow_epochs`` callback.

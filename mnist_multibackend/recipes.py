@@ -50,7 +50,7 @@ class Recipe:
 RECIPES = {
     "original": Recipe("original", "the 2017 recipe: Adam 1e-3, batch 128, 12 epochs", epochs=12, batch_size=128,
                        learning_rate=1e-3),
-    # Measured (README, "Time to accuracy"): what is spent on later epochs of the original recipe
+    # Measured (docs/recipes.md, "Time to accuracy"): what is spent on later epochs of the original recipe
     # is spent better on a higher rate that decays to zero by the last step.
     "fast": Recipe("fast", "99.25 % after about 70 s on a 2-core CPU (TensorFlow), 99.5 % after 4 epochs: "
                            "peak rate 3e-3, warm-up then cosine decay", epochs=4, batch_size=128, learning_rate=3e-3, warmup_cosine=True,

@@ -105,7 +105,7 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
         cluster.check()
         if backend != "jax":
             raise InputError("--coordinator", f"the {backend} backend reads its cluster from TF_CONFIG, not from "
-                                              "--coordinator/--num-processes/--process-id (see the README)")
+                                              "--coordinator/--num-processes/--process-id (see docs/gpu-and-distributed.md)")
     keras_loaded = "keras" in sys.modules
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, missing CUDA) drown the progress bar.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -34,7 +34,7 @@ from .recipes import RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedu
 from .runtime import Runtime, machine, make_deterministic
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
 # back to Python and tf.data between every two steps; with EpochBatches, 32 per call trained 1.41x
-# faster than plain Keras here (README, "Performance"); on JAX it made no difference, and 1 keeps
+# faster than plain Keras here (docs/performance.md); on JAX it made no difference, and 1 keeps
 # the progress bar per batch.
 STEPS_PER_EXECUTION = {"tensorflow": 32, "jax": 1}
 

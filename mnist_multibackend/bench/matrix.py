@@ -25,7 +25,7 @@ from .throughput import unavailable_row
 from .workers import run_worker
 
 DEVICES = ("cpu", "gpu")
-# Full: the matrix the README shows. Quick: the same schema in about 90 s (the test suite runs it).
+# Full: the matrix docs/performance.md shows. Quick: the same schema in about 90 s (the test suite runs it).
 # Replica counts on the CPU: 2 logical devices share the same cores, so their efficiency shows
 # the data-parallel engine's overhead, not a speed-up; on GPUs, every visible GPU is added.
 FULL = {"batch_sizes": (32, 128, 512), "windows": 5, "window_seconds": 1.5, "datapath_images": None,
