@@ -33,7 +33,7 @@ import time
 
 from mnist_multibackend.bench.report import exit_status, write_results
 from mnist_multibackend.bench.workers import answer_json, failed, run_worker
-from mnist_multibackend.runtime import BACKENDS, machine
+from mnist_multibackend.runtime import BACKENDS, cpu_line, machine
 
 PATHS = {"project": {}, "best": {"recipe": "best"}}
 
@@ -151,7 +151,7 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}`; {results['rounds']} rounds, {results['epochs']} epochs of "
         f"{results['images']:,} images each (the first epoch left out), load average "
         f"{results['load_average_before']:.2f} before.",
-        f"Machine: {host.get('cpu')}, {host.get('cores')} cores.",
+        f"Machine: {cpu_line(host)}.",
         "",
         table(results),
         "",

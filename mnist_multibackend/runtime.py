@@ -246,6 +246,13 @@ def cpu_features(cpuinfo: str | None = None) -> list[str]:
     return [feature for feature in CPU_FEATURES if feature in flags]
 
 
+def cpu_line(host: dict) -> str:
+    """``AMD EPYC (features: avx2, fma), 2 cores``: how results files name the machine."""
+    features = host.get("cpu_features")
+    named = ", ".join(features) if features else "not recorded" if features is None else "none of note"
+    return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores"
+
+
 def machine() -> dict:
     """The host, as recorded beside every measured figure."""
     cpu = platform.processor() or platform.machine()

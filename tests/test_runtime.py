@@ -68,3 +68,12 @@ def test_every_machine_record_names_the_cpu_features():
     from mnist_multibackend.runtime import cpu_features, machine
 
     assert machine()["cpu_features"] == cpu_features()
+
+
+def test_results_files_name_the_cpu_with_its_features():
+    from mnist_multibackend.runtime import cpu_line
+
+    assert cpu_line({"cpu": "AMD EPYC", "cpu_features": ["avx2", "fma"], "cores": 2}) == \
+        "AMD EPYC (features: avx2, fma), 2 cores"
+    # results written before the features were recorded say so rather than suggest the CPU has none
+    assert cpu_line({"cpu": "AMD EPYC", "cores": 2}) == "AMD EPYC (features: not recorded), 2 cores"

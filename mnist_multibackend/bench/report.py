@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mnist_multibackend.atomic import atomic_path, write_text
+from mnist_multibackend.runtime import cpu_line
 
 TABLE_HEADER = ("| backend | device | replicas | impl | mode | batch | images/s | GFLOP/s | % of peak "
                 "| compile s | Keras ÷ raw | load 1 min |")
@@ -42,7 +43,7 @@ def markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}` ({'quick' if results['quick'] else 'full'} run, "
         f"{results['finished_at']}, {results['wall_seconds']:.0f} s).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; {m['system']}. "
+        f"Machine: {cpu_line(m)}, GPU: {m['gpu'] or 'none'}; {m['system']}. "
         f"Load average (1 min) before the run: {results['load_average_before']:.2f}; "
         f"each row records its own.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items()) or 'not recorded'}.",

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 from mnist_multibackend.errors import require_at_least  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
-from mnist_multibackend.runtime import BACKENDS, machine  # noqa: E402
+from mnist_multibackend.runtime import BACKENDS, cpu_line, machine  # noqa: E402
 
 from .report import exit_status, write_results  # noqa: E402
 from .workers import answer_json, run_worker  # noqa: E402
@@ -167,7 +167,7 @@ def markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}` ({results['finished_at']}, {results['wall_seconds']:.0f} s; load average "
         f"{results['load_average_before']:.2f} before).",
-        f"Machine: {m['cpu']}, {m['cores']} cores; {m['system']}.",
+        f"Machine: {cpu_line(m)}; {m['system']}.",
         "",
         "Seconds from the start of a fresh process (before Keras is imported) to the end of the first epoch "
         f"whose test accuracy reached {results['target']:.2%}; the test set is scored after every epoch. "
