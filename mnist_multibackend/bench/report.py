@@ -145,7 +145,7 @@ def chart(results: dict, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(series)), fontsize=9, frameon=False)
     m = results["machine"]
     fig.suptitle(f"MNIST CNN throughput, median of {results['windows']} windows (labels: % of the device's matmul "
-                 f"peak) - {m['cpu']}, {m['cores']} cores, load average {results['load_average_before']:.1f} "
+                 f"peak) - {cpu_line(m)}, load average {results['load_average_before']:.1f} "
                  "at the start", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     with atomic_path(path) as tmp:
