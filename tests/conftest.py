@@ -89,6 +89,25 @@ def cli(*args, env=None, backend=BACKEND, timeout=900, cwd=None) -> subprocess.C
                           text=True, env=full_env, timeout=timeout, cwd=cwd)
 
 
+# Runs a command as its only child and reports that child's peak resident memory (kB) in a file.
+_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[2:]).returncode; "
+             "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+             "sys.exit(code)")
+
+
+def cli_peak_rss(*args, env=None, backend=BACKEND, timeout=900, cwd=None) -> tuple[subprocess.CompletedProcess, float]:
+    """``cli(ARGS)``, and the command's peak resident memory in MiB, measured by a parent process of its own."""
+    import tempfile
+
+    full_env = {**os.environ, "KERAS_BACKEND": backend, **(env or {})}
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        result = subprocess.run([sys.executable, "-c", _PEAK_RSS, report.name, sys.executable, "-m",
+                                 "mnist_multibackend", *map(str, args)], capture_output=True, text=True,
+                                env=full_env, timeout=timeout, cwd=cwd)
+        peak_kib = float(report.read() or "nan")
+    return result, peak_kib / 1024
+
+
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit status 2, one line on stderr naming the problem, no traceback."""
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])

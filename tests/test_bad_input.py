@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, cli_peak_rss
 from mnist_multibackend import checkpoint, data, predict, report
 from mnist_multibackend.errors import InputError
 
@@ -57,6 +57,12 @@ MODEL = "{model}"  # a value in Case.files: a copy of a real trained model
 CHECKPOINT = {"epoch": 1, "weights": "epoch-0001.weights.h5", "settings": {"epochs": 5}, "history": {"loss": [1.0]},
               "epoch_seconds": [1.0], "random": {}}
 TRAIN = ("train", "--data", "{mnist}", "--limit", "64", "--epochs", "1", "--out", "{tmp}/run")
+
+
+# Every case's command, backend and model included, stays under this. Predicting three digits
+# with the original model peaked at 809 MiB on TensorFlow and 391 MiB on JAX (AVX2 host); the
+# hostile files of issue 12 drove the tool to 3.7-14 GB by believing what a header or config claimed.
+PEAK_MEMORY_MIB = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +179,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, trained
             path.write_bytes(content)
     before = _snapshot(tmp_path)
     args = [str(a).format(**places) for a in case.args]
-    result = cli(*args)
+    result, peak_mib = cli_peak_rss(*args)
     assert_clean_error(result, *case.expect)
+    assert peak_mib < PEAK_MEMORY_MIB, f"peak memory {peak_mib:.0f} MiB"
     assert result.stdout == ""
     assert _snapshot(tmp_path) == before  # nothing written, nothing changed
 
