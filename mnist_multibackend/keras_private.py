@@ -22,6 +22,13 @@ Each name, what it is needed for, and why no public API serves:
   Public ``keras.saving.deserialize_keras_object(config, safe_mode=True)`` gives
   way to a process-wide ``keras.config.enable_unsafe_deserialization()`` (Keras
   3.15 lets the global flag win), so it does not promise that.
+- ``keras.src.backend.common.global_state``: the list of uninitialised variables
+  (``get_global_attribute`` / ``set_global_attribute("uninitialized_variables")``).
+  Counting the parameters an untrusted config asks for by building it inside
+  ``keras.StatelessScope(initialize_variables=False)`` (variables get shapes but
+  no memory), then forgetting those variables, so that the next stateless scope
+  does not allocate them after all; in ``legacy.architecture``. No public API
+  builds a model without allocating its weights.
 - ``Adam._momentums``, ``_velocities``, ``_velocity_hats``. Reading and writing
   Keras 2's Adam state (moments per trainable weight), in ``legacy.optimizer``.
   ``optimizer.variables`` holds them, but not by kind or weight.
@@ -42,6 +49,7 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 from __future__ import annotations
 
 import importlib
+import math
 import tempfile
 
 import keras
@@ -53,6 +61,7 @@ CHECKED_ON = ("3.15.1",)
 
 _LEGACY_H5 = "keras.src.legacy.saving.legacy_h5_format"
 _SERIALIZATION = "keras.src.saving.serialization_lib"
+_GLOBAL_STATE = "keras.src.backend.common.global_state"
 
 
 class KerasPrivateError(RuntimeError):
@@ -103,6 +112,26 @@ def save_attributes_to_hdf5_group(group, name: str, data) -> None:
 def safe_mode_scope(safe_mode: bool = True):
     """Context manager: Keras deserializes in ``safe_mode`` inside it, whatever the process set outside."""
     return _private(_SERIALIZATION, "SafeModeScope")(safe_mode)
+
+
+# --------------------------------------------------------------------------- unallocated builds
+
+def count_unallocated_parameters(build) -> int:
+    """The number of values in the weights of the model ``build()`` returns, built without allocating them.
+
+    ``build`` runs inside ``keras.StatelessScope(initialize_variables=False)``:
+    its variables get shapes but no values, and are forgotten afterwards (Keras
+    would otherwise allocate them when the next stateless scope closes). The
+    model it returns is unusable; build the real one afterwards.
+    """
+    get, set_ = _private(_GLOBAL_STATE, "get_global_attribute"), _private(_GLOBAL_STATE, "set_global_attribute")
+    before = list(get("uninitialized_variables", None) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+        return sum(math.prod(weight.shape) for weight in model.weights)
+    finally:
+        set_("uninitialized_variables", before)
 
 
 # --------------------------------------------------------------------------- Adam state
@@ -204,6 +233,16 @@ def _check_safe_mode() -> None:
         raise KerasPrivateError(f"{_SERIALIZATION}.SafeModeScope no longer sets safe mode for its scope only")
 
 
+def _check_unallocated_parameters() -> None:
+    get = _private(_GLOBAL_STATE, "get_global_attribute")
+    before = len(get("uninitialized_variables", None) or [])
+    count = count_unallocated_parameters(lambda: keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    if count != 8 or len(get("uninitialized_variables", None) or []) != before:
+        raise KerasPrivateError(f"a build in keras.StatelessScope(initialize_variables=False) counts {count} "
+                                "parameters for Dense(2) on 3 inputs (not 8), or its variables stay registered "
+                                f"in {_GLOBAL_STATE} 'uninitialized_variables'")
+
+
 def _check_adam_slots() -> None:
     variables = [keras.Variable(np.zeros((2, 3)), name="a"), keras.Variable(np.zeros(4), name="b")]
     for amsgrad in (False, True):
@@ -250,6 +289,7 @@ def _check_jax_state() -> None:
 
 
 CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
+          "unallocated builds": _check_unallocated_parameters,
           "Adam slots": _check_adam_slots, "BackupAndRestore hooks": _check_backup_and_restore,
           "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state}
 
