@@ -10,12 +10,11 @@ the releases.
 
 Each name, what it is needed for, and why no public API serves:
 
-- ``keras.src.legacy.saving.legacy_h5_format``: ``load_weights_from_hdf5_group``,
-  ``load_attributes_from_hdf5_group``, ``save_attributes_to_hdf5_group``. Reading and
-  writing Keras 2 weight groups (topological loading with shape checks; long
-  attributes split into chunks), in ``legacy.weights`` and ``legacy.optimizer``.
-  Public ``keras.saving.load_model`` reads whole files only: on a Keras 2 file it
-  rejects the Adam config (``lr``) and, with ``compile=False``, drops the Adam state.
+- ``keras.src.legacy.saving.legacy_h5_format``: ``save_attributes_to_hdf5_group``.
+  Writing Keras 2 name lists (split into chunks beyond HDF5's 64 KB header limit),
+  in ``legacy.weights`` and ``legacy.optimizer``. No public API writes Keras 2 files.
+  (Reading them is ``legacy.safety``'s own: Keras's reader reads each array before
+  it compares its shape with the model's.)
 - ``keras.src.saving.serialization_lib.SafeModeScope`` (and ``in_safe_mode``, for
   ``check``). Building a model from an untrusted Keras 2 config in safe mode even
   when the process enabled unsafe deserialization, in ``legacy.architecture``.
@@ -91,16 +90,6 @@ def _attribute(obj, name: str):
 
 
 # --------------------------------------------------------------------------- Keras 2 HDF5 groups
-
-def load_weights_from_hdf5_group(group, model) -> None:
-    """Keras's reader of a Keras 2 weights group: layer by layer in order, checking counts and shapes."""
-    _private(_LEGACY_H5, "load_weights_from_hdf5_group")(group, model)
-
-
-def load_attributes_from_hdf5_group(group, name: str) -> list:
-    """An attribute list (``layer_names``, ``weight_names``), joined again if Keras 2 split it into chunks."""
-    return _private(_LEGACY_H5, "load_attributes_from_hdf5_group")(group, name)
-
 
 def save_attributes_to_hdf5_group(group, name: str, data) -> None:
     """Write an attribute list, split into chunks as Keras 2 did when it exceeds HDF5's 64 KB header limit."""
@@ -207,20 +196,14 @@ def _tiny_model() -> keras.Model:
 def _check_h5_functions() -> None:
     import h5py
 
-    model, other = _tiny_model(), _tiny_model()
+    names = [f"layer_{i:05d}_{'x' * 60}" for i in range(1200)]  # over HDF5's 64 KB header limit: chunks
     with tempfile.TemporaryFile() as handle, h5py.File(handle, "w") as f:
-        save_attributes_to_hdf5_group(f, "layer_names", np.array([layer.name.encode("utf8") for layer in model.layers]))
-        for layer in model.layers:
-            group = f.create_group(layer.name)
-            names = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
-            save_attributes_to_hdf5_group(group, "weight_names", np.array([n.encode("utf8") for n in names], "S"))
-            for name, weight in zip(names, layer.weights):
-                group.create_dataset(name, data=keras.ops.convert_to_numpy(weight))
-        if load_attributes_from_hdf5_group(f, "layer_names") != [layer.name for layer in model.layers]:
-            raise KerasPrivateError(f"{_LEGACY_H5}.load_attributes_from_hdf5_group reads other names than written")
-        load_weights_from_hdf5_group(f, other)
-    if not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), other.get_weights())):
-        raise KerasPrivateError(f"{_LEGACY_H5}.load_weights_from_hdf5_group loads other weights than written")
+        save_attributes_to_hdf5_group(f, "layer_names", np.array([name.encode("utf8") for name in names]))
+        chunks = [f"layer_names{i}" for i in range(len(f.attrs)) if f"layer_names{i}" in f.attrs]
+        written = [bytes(n).decode("utf8") for chunk in chunks for n in f.attrs[chunk]]
+    if "layer_names" in chunks or len(chunks) < 2 or written != names:
+        raise KerasPrivateError(f"{_LEGACY_H5}.save_attributes_to_hdf5_group no longer writes long name lists "
+                                "in chunks layer_names0, layer_names1 ...")
 
 
 def _check_safe_mode() -> None:
