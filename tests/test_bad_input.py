@@ -486,3 +486,22 @@ def test_history_and_checkpoint_files_are_read_or_refused_cleanly(tmp_path, cont
     (tmp_path / "epoch-0001.weights.h5").write_bytes(b"")
     _read_clean(tmp_path / "history.csv", report.read_history)
     _read_clean(tmp_path / "checkpoint.json", checkpoint.read_state)
+
+
+def test_an_external_dataset_is_refused_before_its_file_is_read(tmp_path):
+    """The attack of issue 12 is real (h5py reads the secret through the file) and the tool never reads it."""
+    import h5py
+
+    from mnist_multibackend.legacy import import_legacy, load_weights_h5
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET * 2000)
+    model = tmp_path / "model.h5"
+    model.write_bytes(_keras2_h5(optimizer=lambda state: _external_moment(state, str(secret))))
+    with h5py.File(model, "r") as f:  # what an unguarded reader gets
+        assert SECRET in np.asarray(f["optimizer_weights/training/Adam/Variable_0:0"]).tobytes()
+    for load in (lambda: import_legacy(model), lambda: load_weights_h5(None, model)):
+        with pytest.raises(InputError, match="is stored in an external file; refused") as caught:
+            load()
+        assert SECRET.decode() not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "secret.txt"]
