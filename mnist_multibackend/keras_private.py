@@ -10,18 +10,24 @@ the releases.
 
 Each name, what it is needed for, and why no public API serves:
 
-- ``keras.src.legacy.saving.legacy_h5_format``: ``load_weights_from_hdf5_group``,
-  ``load_attributes_from_hdf5_group``, ``save_attributes_to_hdf5_group``. Reading and
-  writing Keras 2 weight groups (topological loading with shape checks; long
-  attributes split into chunks), in ``legacy.weights`` and ``legacy.optimizer``.
-  Public ``keras.saving.load_model`` reads whole files only: on a Keras 2 file it
-  rejects the Adam config (``lr``) and, with ``compile=False``, drops the Adam state.
+- ``keras.src.legacy.saving.legacy_h5_format``: ``save_attributes_to_hdf5_group``.
+  Writing Keras 2 name lists (split into chunks beyond HDF5's 64 KB header limit),
+  in ``legacy.weights`` and ``legacy.optimizer``. No public API writes Keras 2 files.
+  (Reading them is ``legacy.safety``'s own: Keras's reader reads each array before
+  it compares its shape with the model's.)
 - ``keras.src.saving.serialization_lib.SafeModeScope`` (and ``in_safe_mode``, for
   ``check``). Building a model from an untrusted Keras 2 config in safe mode even
   when the process enabled unsafe deserialization, in ``legacy.architecture``.
   Public ``keras.saving.deserialize_keras_object(config, safe_mode=True)`` gives
   way to a process-wide ``keras.config.enable_unsafe_deserialization()`` (Keras
   3.15 lets the global flag win), so it does not promise that.
+- ``keras.src.backend.common.global_state``: the list of uninitialised variables
+  (``get_global_attribute`` / ``set_global_attribute("uninitialized_variables")``).
+  Counting the parameters an untrusted config asks for by building it inside
+  ``keras.StatelessScope(initialize_variables=False)`` (variables get shapes but
+  no memory), then forgetting those variables, so that the next stateless scope
+  does not allocate them after all; in ``legacy.architecture``. No public API
+  builds a model without allocating its weights.
 - ``Adam._momentums``, ``_velocities``, ``_velocity_hats``. Reading and writing
   Keras 2's Adam state (moments per trainable weight), in ``legacy.optimizer``.
   ``optimizer.variables`` holds them, but not by kind or weight.
@@ -42,6 +48,7 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 from __future__ import annotations
 
 import importlib
+import math
 import tempfile
 
 import keras
@@ -53,6 +60,7 @@ CHECKED_ON = ("3.15.1",)
 
 _LEGACY_H5 = "keras.src.legacy.saving.legacy_h5_format"
 _SERIALIZATION = "keras.src.saving.serialization_lib"
+_GLOBAL_STATE = "keras.src.backend.common.global_state"
 
 
 class KerasPrivateError(RuntimeError):
@@ -83,16 +91,6 @@ def _attribute(obj, name: str):
 
 # --------------------------------------------------------------------------- Keras 2 HDF5 groups
 
-def load_weights_from_hdf5_group(group, model) -> None:
-    """Keras's reader of a Keras 2 weights group: layer by layer in order, checking counts and shapes."""
-    _private(_LEGACY_H5, "load_weights_from_hdf5_group")(group, model)
-
-
-def load_attributes_from_hdf5_group(group, name: str) -> list:
-    """An attribute list (``layer_names``, ``weight_names``), joined again if Keras 2 split it into chunks."""
-    return _private(_LEGACY_H5, "load_attributes_from_hdf5_group")(group, name)
-
-
 def save_attributes_to_hdf5_group(group, name: str, data) -> None:
     """Write an attribute list, split into chunks as Keras 2 did when it exceeds HDF5's 64 KB header limit."""
     _private(_LEGACY_H5, "save_attributes_to_hdf5_group")(group, name, data)
@@ -103,6 +101,26 @@ def save_attributes_to_hdf5_group(group, name: str, data) -> None:
 def safe_mode_scope(safe_mode: bool = True):
     """Context manager: Keras deserializes in ``safe_mode`` inside it, whatever the process set outside."""
     return _private(_SERIALIZATION, "SafeModeScope")(safe_mode)
+
+
+# --------------------------------------------------------------------------- unallocated builds
+
+def count_unallocated_parameters(build) -> int:
+    """The number of values in the weights of the model ``build()`` returns, built without allocating them.
+
+    ``build`` runs inside ``keras.StatelessScope(initialize_variables=False)``:
+    its variables get shapes but no values, and are forgotten afterwards (Keras
+    would otherwise allocate them when the next stateless scope closes). The
+    model it returns is unusable; build the real one afterwards.
+    """
+    get, set_ = _private(_GLOBAL_STATE, "get_global_attribute"), _private(_GLOBAL_STATE, "set_global_attribute")
+    before = list(get("uninitialized_variables", None) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+        return sum(math.prod(weight.shape) for weight in model.weights)
+    finally:
+        set_("uninitialized_variables", before)
 
 
 # --------------------------------------------------------------------------- Adam state
@@ -178,20 +196,14 @@ def _tiny_model() -> keras.Model:
 def _check_h5_functions() -> None:
     import h5py
 
-    model, other = _tiny_model(), _tiny_model()
+    names = [f"layer_{i:05d}_{'x' * 60}" for i in range(1200)]  # over HDF5's 64 KB header limit: chunks
     with tempfile.TemporaryFile() as handle, h5py.File(handle, "w") as f:
-        save_attributes_to_hdf5_group(f, "layer_names", np.array([layer.name.encode("utf8") for layer in model.layers]))
-        for layer in model.layers:
-            group = f.create_group(layer.name)
-            names = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
-            save_attributes_to_hdf5_group(group, "weight_names", np.array([n.encode("utf8") for n in names], "S"))
-            for name, weight in zip(names, layer.weights):
-                group.create_dataset(name, data=keras.ops.convert_to_numpy(weight))
-        if load_attributes_from_hdf5_group(f, "layer_names") != [layer.name for layer in model.layers]:
-            raise KerasPrivateError(f"{_LEGACY_H5}.load_attributes_from_hdf5_group reads other names than written")
-        load_weights_from_hdf5_group(f, other)
-    if not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), other.get_weights())):
-        raise KerasPrivateError(f"{_LEGACY_H5}.load_weights_from_hdf5_group loads other weights than written")
+        save_attributes_to_hdf5_group(f, "layer_names", np.array([name.encode("utf8") for name in names]))
+        chunks = [f"layer_names{i}" for i in range(len(f.attrs)) if f"layer_names{i}" in f.attrs]
+        written = [bytes(n).decode("utf8") for chunk in chunks for n in f.attrs[chunk]]
+    if "layer_names" in chunks or len(chunks) < 2 or written != names:
+        raise KerasPrivateError(f"{_LEGACY_H5}.save_attributes_to_hdf5_group no longer writes long name lists "
+                                "in chunks layer_names0, layer_names1 ...")
 
 
 def _check_safe_mode() -> None:
@@ -202,6 +214,16 @@ def _check_safe_mode() -> None:
             inside = in_safe_mode()
     if inside is not True or in_safe_mode() != before:
         raise KerasPrivateError(f"{_SERIALIZATION}.SafeModeScope no longer sets safe mode for its scope only")
+
+
+def _check_unallocated_parameters() -> None:
+    get = _private(_GLOBAL_STATE, "get_global_attribute")
+    before = len(get("uninitialized_variables", None) or [])
+    count = count_unallocated_parameters(lambda: keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    if count != 8 or len(get("uninitialized_variables", None) or []) != before:
+        raise KerasPrivateError(f"a build in keras.StatelessScope(initialize_variables=False) counts {count} "
+                                "parameters for Dense(2) on 3 inputs (not 8), or its variables stay registered "
+                                f"in {_GLOBAL_STATE} 'uninitialized_variables'")
 
 
 def _check_adam_slots() -> None:
@@ -250,6 +272,7 @@ def _check_jax_state() -> None:
 
 
 CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
+          "unallocated builds": _check_unallocated_parameters,
           "Adam slots": _check_adam_slots, "BackupAndRestore hooks": _check_backup_and_restore,
           "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state}
 

@@ -74,6 +74,142 @@ class Case:
     expect: tuple  # fragments of the one error line; the first names the file
 
 
+# ---------------------------------------------------------------- hostile Keras 2 and .keras files (issue 12)
+
+SMALL_CONFIG = {"class_name": "Sequential", "config": [
+    {"class_name": "Flatten", "config": {"name": "flatten", "batch_input_shape": [None, 28, 28, 1]}},
+    {"class_name": "Dense", "config": {"name": "dense", "units": 10, "activation": "softmax"}}]}
+SMALL_TRAINING = {"optimizer_config": {"class_name": "Adam", "config": {"lr": 0.001}},
+                  "loss": "categorical_crossentropy", "metrics": ["accuracy"]}
+SECRET = b"SECRET-MARKER-6f1d3c"  # what a hostile file tries to copy out of another file
+
+
+def _h5(build) -> bytes:
+    """The bytes of an HDF5 file that ``build(f)`` fills."""
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/file.h5"
+        with h5py.File(path, "w", libver="latest") as f:  # dense attribute storage: attributes over 64 KB
+            build(f)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def _names(group, attribute, names):
+    group.attrs[attribute] = np.array([n.encode() for n in names], "S")
+
+
+def _keras2_h5(config=SMALL_CONFIG, weights=None, optimizer=None, extra=None) -> bytes:
+    """A Keras 2 full-model file of SMALL_CONFIG; ``weights``/``optimizer``/``extra`` change what it holds."""
+    def build(f):
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["training_config"] = json.dumps(SMALL_TRAINING).encode()
+        group = f.create_group("model_weights")
+        _names(group, "layer_names", ["flatten", "dense"])
+        _names(group.create_group("flatten"), "weight_names", [])
+        dense = group.create_group("dense")
+        _names(dense, "weight_names", ["dense/kernel:0", "dense/bias:0"])
+        (weights or _plain_weights)(dense)
+        if optimizer is not None:
+            state = f.create_group("optimizer_weights")
+            _names(state, "weight_names", ["Adam/iterations:0"] + [f"training/Adam/Variable_{i}:0" for i in range(4)])
+            state.create_dataset("Adam/iterations:0", data=np.int64(3))
+            optimizer(state)
+        if extra is not None:
+            extra(f)
+    return _h5(build)
+
+
+def _plain_weights(dense):
+    dense.create_dataset("dense/kernel:0", data=np.zeros((784, 10), np.float32))
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+
+
+def _external_moment(state, secret="secret.txt"):
+    for i in range(4):
+        shape = (784, 10) if i % 2 == 0 else (10,)
+        if i == 0:  # the first moment of the kernel: 31,360 bytes "of" the secrets file
+            state.create_dataset(f"training/Adam/Variable_{i}:0", shape, np.float32,
+                                 external=[(secret, 0, 784 * 10 * 4)])
+        else:
+            state.create_dataset(f"training/Adam/Variable_{i}:0", data=np.zeros(shape, np.float32))
+
+
+def _external_weights(dense):
+    dense.create_dataset("dense/kernel:0", (784, 10), np.float32, external=[("secret.txt", 0, 784 * 10 * 4)])
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+
+
+def _soft_linked_weights(dense):
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+    dense.create_dataset("real_kernel", data=np.zeros((784, 10), np.float32))
+    import h5py
+
+    dense["dense/kernel:0"] = h5py.SoftLink("/model_weights/dense/real_kernel")
+
+
+def _external_link_weights(dense):
+    import h5py
+
+    dense["dense/kernel:0"] = h5py.ExternalLink("other.h5", "/kernel")
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+
+
+def _virtual_weights(dense):
+    import h5py
+
+    layout = h5py.VirtualLayout((784, 10), np.float32)
+    layout[:] = h5py.VirtualSource("other.h5", "kernel", shape=(784, 10))
+    dense.create_virtual_dataset("dense/kernel:0", layout)
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+
+
+def _huge_listed_three_times(f):
+    # One fill-value dataset of 1 GiB declared (a few bytes stored), hard-linked under three names.
+    huge = f.create_dataset("huge", (2**28,), np.float32, chunks=(2**20,), compression="gzip", fillvalue=1.0)
+    for name in ("a", "b", "c"):
+        f[name] = huge
+
+
+def _huge_kernel(dense):
+    dense.create_dataset("dense/kernel:0", (2**28,), np.float32, chunks=(2**20,), compression="gzip", fillvalue=1.0)
+    dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+
+
+def _wide_config(units=250_000):
+    config = json.loads(json.dumps(SMALL_CONFIG))
+    config["config"][1]["config"]["units"] = units
+    return config
+
+
+def _big_model_config() -> bytes:
+    def build(f):
+        f.attrs["model_config"] = np.bytes_(json.dumps(SMALL_CONFIG).encode() + b" " * (3 * 2**20))
+    return _h5(build)
+
+
+def _keras_zip(members: dict, compression=None) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression or zipfile.ZIP_STORED) as archive:
+        for name, content in members.items():
+            if isinstance(content, int):  # that many spaces, written in pieces
+                with archive.open(name, "w", force_zip64=True) as member:
+                    for _ in range(content // 2**20):
+                        member.write(b" " * 2**20)
+            else:
+                archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+# The first 5,000 bytes of a .keras archive (a truncated download): the local header of metadata.json only.
+MODEL_HEAD = _keras_zip({"metadata.json": "{}", "config.json": json.dumps(SMALL_CONFIG) * 200})[:5000]
+
+
 BAD_INPUT = [
     Case("missing file", ("predict", "{model}", "{tmp}/nope.png"), {}, ("nope.png", "no such file")),
     Case("missing model", ("evaluate", "{tmp}/nope.keras"), {}, ("nope.keras", "no such file")),
@@ -154,6 +290,58 @@ BAD_INPUT = [
     Case("an output folder that cannot be made", ("convert", "{tmp}/images", "{tmp}/labels", "-o",
                                                    "/proc/mnist-mb/out.csv"),
          {"images": IMAGES, "labels": LABELS}, ("/proc/mnist-mb", "No such file or directory")),
+    # --- hostile HDF5, YAML and .keras files (issue 12)
+    Case("an .h5 whose Adam state is stored in another file (import)",
+         ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
+         {"model.h5": _keras2_h5(optimizer=_external_moment), "secret.txt": SECRET * 2000},
+         ("model.h5", "optimizer_weights/training/Adam/Variable_0:0 is stored in an external file; refused: "
+                      "this tool reads only the file it is given")),
+    Case("an .h5 whose Adam state is stored in another file (export)",
+         ("legacy", "export", "{tmp}/model.h5", "--h5", "{tmp}/out.h5"),
+         {"model.h5": _keras2_h5(optimizer=_external_moment), "secret.txt": SECRET * 2000},
+         ("model.h5", "is stored in an external file")),
+    Case("an .h5 whose weights are stored in another file", ("evaluate", "{tmp}/model.h5", "--data", "{mnist}"),
+         {"model.h5": _keras2_h5(weights=_external_weights), "secret.txt": SECRET * 2000},
+         ("model.h5", "model_weights/dense/dense/kernel:0 is stored in an external file")),
+    Case("an .h5 with a soft link", ("predict", "{tmp}/model.h5", "{tmp}/digit.png"),
+         {"model.h5": _keras2_h5(weights=_soft_linked_weights), "digit.png": _png(DIGIT)},
+         ("model.h5", "model_weights/dense/dense/kernel:0 is a soft link; refused")),
+    Case("an .h5 with an external link", ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
+         {"model.h5": _keras2_h5(weights=_external_link_weights)},
+         ("model.h5", "model_weights/dense/dense/kernel:0 is an external link; refused")),
+    Case("an .h5 with a virtual dataset", ("evaluate", "{tmp}/model.h5", "--data", "{mnist}"),
+         {"model.h5": _keras2_h5(weights=_virtual_weights)},
+         ("model.h5", "model_weights/dense/dense/kernel:0 is a virtual dataset")),
+    Case("an .h5 listing one huge dataset three times", ("legacy", "export", "{tmp}/model.h5", "--h5", "{tmp}/o.h5"),
+         {"model.h5": _keras2_h5(extra=_huge_listed_three_times)},
+         ("model.h5", "its datasets declare more than 2,147,483,648 bytes in all", "MAX_H5_DATA_BYTES")),
+    Case("an .h5 whose weight declares a huge shape", ("predict", "{tmp}/model.h5", "{tmp}/digit.png"),
+         {"model.h5": _keras2_h5(weights=_huge_kernel), "digit.png": _png(DIGIT)},
+         ("model.h5", "dense/dense/kernel:0 has shape (268435456,); sequential/dense/kernel has (784, 10)")),
+    Case("an .h5 whose config asks for 250,000 units", ("evaluate", "{tmp}/model.h5", "--data", "{mnist}"),
+         {"model.h5": _keras2_h5(config=_wide_config())},
+         ("model.h5", "the model asks for 196,250,000 parameters; more than 50,000,000 is refused",
+          "MAX_PARAMETERS")),
+    Case("an .h5 whose model_config is 3 MB", ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
+         {"model.h5": _big_model_config()},
+         ("model.h5", "attribute 'model_config' is 3,", "more than 2,097,152 bytes is refused", "MAX_CONFIG_BYTES")),
+    Case("a YAML architecture of 3 MB",
+         ("legacy", "import", "{tmp}/model.yaml", "--weights", "{seed}/MNIST_keras_w_CNN.h5", "--out", "{tmp}/m.keras"),
+         {"model.yaml": "class_name: Sequential\nconfig: []\n" + "#" * (3 * 2**20)},
+         ("model.yaml", "is 3,145,", "more than 2,097,152 bytes is refused", "MAX_CONFIG_BYTES")),
+    Case("a YAML config asking for 250,000 units",
+         ("legacy", "import", "{tmp}/model.yaml", "--weights", "{tmp}/w.h5", "--out", "{tmp}/m.keras"),
+         {"model.yaml": json.dumps(_wide_config()).encode(), "w.h5": b""},
+         ("model.yaml", "asks for 196,250,000 parameters")),
+    Case("a .keras whose config.json is a compressed 64 MiB", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
+         {"model.keras": _keras_zip({"metadata.json": "{}", "config.json": 64 * 2**20}, compression=8)},
+         ("model.keras", "member config.json expands", "decompression bomb")),
+    Case("a .keras whose config.json is 3 MiB", ("predict", "{tmp}/model.keras", "{tmp}/digit.png"),
+         {"model.keras": _keras_zip({"metadata.json": "{}", "config.json": 3 * 2**20}), "digit.png": _png(DIGIT)},
+         ("model.keras", "its config.json is 3,145,728 bytes; more than 2,097,152", "MAX_KERAS_CONFIG_BYTES")),
+    Case("a truncated .keras", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
+         {"model.keras": MODEL_HEAD},
+         ("model.keras", "not a zip archive, or a truncated one")),
 ]
 
 
@@ -298,3 +486,22 @@ def test_history_and_checkpoint_files_are_read_or_refused_cleanly(tmp_path, cont
     (tmp_path / "epoch-0001.weights.h5").write_bytes(b"")
     _read_clean(tmp_path / "history.csv", report.read_history)
     _read_clean(tmp_path / "checkpoint.json", checkpoint.read_state)
+
+
+def test_an_external_dataset_is_refused_before_its_file_is_read(tmp_path):
+    """The attack of issue 12 is real (h5py reads the secret through the file) and the tool never reads it."""
+    import h5py
+
+    from mnist_multibackend.legacy import import_legacy, load_weights_h5
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET * 2000)
+    model = tmp_path / "model.h5"
+    model.write_bytes(_keras2_h5(optimizer=lambda state: _external_moment(state, str(secret))))
+    with h5py.File(model, "r") as f:  # what an unguarded reader gets
+        assert SECRET in np.asarray(f["optimizer_weights/training/Adam/Variable_0:0"]).tobytes()
+    for load in (lambda: import_legacy(model), lambda: load_weights_h5(None, model)):
+        with pytest.raises(InputError, match="is stored in an external file; refused") as caught:
+            load()
+        assert SECRET.decode() not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "secret.txt"]

@@ -8,6 +8,8 @@ itself, e.g. ``tf_keras``, reads it.
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import yaml
 
@@ -93,21 +95,44 @@ def _keras3_model_config(model_config: dict, source) -> dict:
     raise InputError(source, f"top-level class is {class_name!r}; expected Model, Functional or Sequential")
 
 
+# The most parameters a config may ask for. Counted exactly before anything is allocated, by building the
+# model with unallocated variables (keras_private.count_unallocated_parameters), so every layer counts, not
+# only the common ones. 50 million float32 values are 200 MB (600 MB with Adam's moments); the original has
+# 330,730, and a config asking for 250,000 units took a 4 MB file to 3.7 GB.
+MAX_PARAMETERS = 50_000_000
+
+
 def model_from_keras2_config(model_config, source="model config") -> keras.Model:
-    """Build a Keras 3 model (uncompiled, freshly initialised) from a Keras 2 ``{class_name, config}`` dict."""
+    """Build a Keras 3 model (uncompiled, freshly initialised) from a Keras 2 ``{class_name, config}`` dict.
+
+    Refuses a config of more than ``MAX_PARAMETERS`` parameters before any weight is allocated.
+    """
     if not isinstance(model_config, dict) or "class_name" not in model_config:
         raise InputError(source, "not a Keras model configuration (no 'class_name' at the top)")
     check_config_classes(model_config, source)
     try:
         keras3 = _keras3_model_config(model_config, source)
         cls = keras.Sequential if keras3["class_name"] == "Sequential" else keras.Model
-        # Safe mode even if the process enabled unsafe deserialization elsewhere.
-        with keras_private.safe_mode_scope(True):
-            return cls.from_config(keras3["config"])
+
+        def build():
+            # Safe mode even if the process enabled unsafe deserialization elsewhere.
+            with keras_private.safe_mode_scope(True):
+                return cls.from_config(copy.deepcopy(keras3["config"]))  # from_config may change what it is given
+
+        check_parameter_count(keras_private.count_unallocated_parameters(build), source)
+        return build()
     except (InputError, keras_private.KerasPrivateError):
         raise
     except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
         raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
+
+
+def check_parameter_count(count: int, source) -> None:
+    """Refuse a model of more than ``MAX_PARAMETERS`` parameters."""
+    if count > MAX_PARAMETERS:
+        raise InputError(source, f"the model asks for {count:,} parameters; more than {MAX_PARAMETERS:,} is "
+                                 "refused (a cap of this tool; raise "
+                                 "mnist_multibackend.legacy.architecture.MAX_PARAMETERS to accept it)")
 
 
 def model_from_yaml(text: str, source="YAML") -> keras.Model:

@@ -15,7 +15,7 @@ from ..atomic import atomic_path, write_text
 from ..errors import InputError
 from .architecture import keras2_model_config, model_from_keras2_config, model_from_yaml, model_to_yaml
 from .optimizer import compile_from_keras2, keras2_training_config, restore_adam_state, write_adam_state
-from .safety import open_h5, parse_json, read_text_file
+from .safety import get_group, open_h5, parse_json, read_text_attribute, read_text_file
 from .weights import KERNEL_CONVENTION, load_weights_h5, read_weights_group, save_weights_h5, write_weights_group
 
 # The file names the original project wrote, and `mnist-mb train --legacy-artifacts` writes again.
@@ -45,15 +45,19 @@ def load_legacy_h5(path, compile: bool = True) -> keras.Model:
                     "mnist-mb legacy import ARCH.yaml --weights FILE)"
                     if "layer_names" in f.attrs else "")
             raise InputError(path, f"no model_config attribute, so not a Keras 2 full-model file{hint}")
-        model = model_from_keras2_config(parse_json(f.attrs["model_config"], path, "model_config"), path)
+        model_config = parse_json(read_text_attribute(f, "model_config", path), path, "model_config")
+        training_config = None
+        if compile and "training_config" in f.attrs:
+            training_config = parse_json(read_text_attribute(f, "training_config", path), path, "training_config")
+        model = model_from_keras2_config(model_config, path)
         if "model_weights" not in f or not isinstance(f["model_weights"], h5py.Group):
             raise InputError(path, "no model_weights group")
         read_weights_group(f["model_weights"], model, path)
-        if not compile or "training_config" not in f.attrs:
+        if training_config is None:
             return model
-        compile_from_keras2(model, parse_json(f.attrs["training_config"], path, "training_config"), path)
+        compile_from_keras2(model, training_config, path)
         if "optimizer_weights" in f:
-            restore_adam_state(model, f["optimizer_weights"], path)
+            restore_adam_state(model, get_group(f, "optimizer_weights", path, "the file"), path)
     return model
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from .. import keras_private
 from ..errors import InputError, first_line
 from .architecture import ANY
+from .safety import get_dataset, read_array, read_names
 from .weights import names_attribute
 
 # Keras 2 defaults: Adam's epsilon `None` meant K.epsilon().
@@ -135,7 +136,8 @@ def compile_from_keras2(model: keras.Model, training_config, source) -> keras.Mo
 
 # Names Keras 2 releases gave their optimizer variables.
 _ITERATIONS = re.compile(r"(^|/)iter(ation|ations)?(:0)?$")
-_HYPERPARAMETER = re.compile(r"(^|/)(lr|learning_rate|beta_1|beta_2|decay|epsilon)(:0)?$")
+_HYPERPARAMETER_NAMES = ("lr", "learning_rate", "beta_1", "beta_2", "decay", "epsilon")
+_HYPERPARAMETER = re.compile(rf"(^|/)({'|'.join(_HYPERPARAMETER_NAMES)})(:0)?$")
 _SLOTS = (("vhat", re.compile(r"(/vhat(:0)?$|/vhat/|_velocity_hat$)")),
           ("m", re.compile(r"(/m(:0)?$|/m/|_momentum$)")),
           ("v", re.compile(r"(/v(:0)?$|/v/|_velocity$)")))
@@ -145,9 +147,11 @@ _NUMBERED = re.compile(r"Variable(?:_(\d+))?(:0)?$")
 def _adam_slots(entries, n: int, source) -> dict:
     """Split Keras 2 optimizer weights into ``{"m": [...], "v": [...], "vhat": [...]}``, each in weight order.
 
-    Keras 2.0-2.2 numbered the moments (``training/Adam/Variable_N:0``: all
-    first moments, then all second ones, then amsgrad's); tf.keras named them
-    after the weight (``.../m:0``, ``Adam/m/...``).
+    ``entries`` are ``(name, dataset)`` pairs; only names and declared shapes
+    are looked at. Keras 2.0-2.2 numbered the moments
+    (``training/Adam/Variable_N:0``: all first moments, then all second ones,
+    then amsgrad's); tf.keras named them after the weight (``.../m:0``,
+    ``Adam/m/...``).
     """
     named = {kind: [a for name, a in entries if pattern.search(name)] for kind, pattern in _SLOTS}
     if sum(map(len, named.values())) == len(entries):
@@ -163,44 +167,51 @@ def _adam_slots(entries, n: int, source) -> dict:
 
 
 def restore_adam_state(model: keras.Model, group: h5py.Group, source) -> None:
-    """Put the Keras 2 Adam state (iterations and moments) into ``model.optimizer``, building it first."""
+    """Put the Keras 2 Adam state (iterations and moments) into ``model.optimizer``, building it first.
+
+    Names, counts and every array's shape and dtype are checked against the
+    model's trainable weights before any array is read (``safety.read_array``).
+    """
     optimizer = model.optimizer
-    names = keras_private.load_attributes_from_hdf5_group(group, "weight_names")
-    entries = []
-    for name in names:
-        if name not in group or not isinstance(group[name], h5py.Dataset):
-            raise InputError(source, f"optimizer_weights lists {name!r} but holds no such array")
-        entries.append((name, np.asarray(group[name])))
-    if not entries:
-        return
-    iterations = [a for name, a in entries if _ITERATIONS.search(name)]
-    if len(iterations) != 1 or iterations[0].shape != () or not _ITERATIONS.search(entries[0][0]):
-        raise InputError(source, f"optimizer_weights does not start with Adam's iteration count: {names[:3]}")
-    moments = [(name, a) for name, a in entries[1:] if not (a.shape == () and _HYPERPARAMETER.search(name))]
+    names = read_names(group, "weight_names", source)
     # Keras 2's order of trainable weights: layer by layer, as the optimizer saw them.
     weights = [w for layer in model.layers for w in layer.trainable_weights]
+    if len(names) > 1 + 3 * len(weights) + len(_HYPERPARAMETER_NAMES):
+        raise InputError(source, f"optimizer_weights lists {len(names)} arrays; Adam over {len(weights)} trainable "
+                                 f"weights has at most {1 + 3 * len(weights)} (iterations, then 2 or 3 moments each)")
+    entries = [(name, get_dataset(group, name, source, "optimizer_weights")) for name in names]
+    if not entries:
+        return
+    iterations = [d for name, d in entries if _ITERATIONS.search(name)]
+    if len(iterations) != 1 or iterations[0].shape != () or not _ITERATIONS.search(entries[0][0]):
+        raise InputError(source, f"optimizer_weights does not start with Adam's iteration count: {names[:3]}")
+    iteration_count = read_array(iterations[0], (), source, f"optimizer_weights/{entries[0][0]}")
+    moments = [(name, d) for name, d in entries[1:] if not (d.shape == () and _HYPERPARAMETER.search(name))]
     optimizer.build(model.trainable_variables)
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
     if not moments:  # saved before the optimizer took a step
-        optimizer.iterations.assign(int(iterations[0]))
+        optimizer.iterations.assign(int(iteration_count))
         return
     slots = _adam_slots(moments, len(weights), source)
     targets = keras_private.adam_slots(optimizer)
-    if slots["vhat"] and all(a.shape == (1,) for a in slots["vhat"]):
+    if slots["vhat"] and all(d.shape == (1,) for d in slots["vhat"]):
         slots["vhat"] = []  # Keras 2.1.3+ kept (1,) placeholders when amsgrad was off
     if slots["vhat"] and not optimizer.amsgrad:
         raise InputError(source, "optimizer_weights holds amsgrad state but the config has amsgrad off")
+    plan = []
     for kind in ("m", "v") + (("vhat",) if optimizer.amsgrad else ()):
-        arrays = slots[kind]
-        if len(arrays) != len(weights):
-            raise InputError(source, f"optimizer_weights holds {len(arrays)} '{kind}' arrays for "
+        datasets = slots[kind]
+        if len(datasets) != len(weights):
+            raise InputError(source, f"optimizer_weights holds {len(datasets)} '{kind}' arrays for "
                                      f"{len(weights)} trainable weights")
-        for weight, array in zip(weights, arrays):
-            if tuple(array.shape) != tuple(weight.shape):
-                raise InputError(source, f"Adam '{kind}' for {weight.path} has shape {array.shape}; the weight "
+        for weight, dataset in zip(weights, datasets):
+            if tuple(dataset.shape) != tuple(weight.shape):
+                raise InputError(source, f"Adam '{kind}' for {weight.path} has shape {dataset.shape}; the weight "
                                          f"has {tuple(weight.shape)}")
-            targets[kind][index[id(weight)]].assign(array)
-    optimizer.iterations.assign(int(iterations[0]))
+            plan.append((targets[kind][index[id(weight)]], dataset, weight))
+    for target, dataset, weight in plan:
+        target.assign(read_array(dataset, weight.shape, source, f"optimizer_weights{dataset.name[len(group.name):]}"))
+    optimizer.iterations.assign(int(iteration_count))
 
 
 def keras2_training_config(model: keras.Model) -> dict | None:

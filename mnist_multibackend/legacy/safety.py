@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -166,6 +167,15 @@ def parse_json(text, source, what: str):
 # Opening untrusted files
 # ---------------------------------------------------------------------------
 
+# Caps on what an untrusted file may make the tool read. Real Keras 2 files are far below them: the
+# original's model_config is 8 KB, its YAML 9 KB, its layer_names 300 bytes, all its arrays 4 MB.
+MAX_CONFIG_BYTES = 2 * 2**20  # a YAML/JSON architecture or training config (file or HDF5 attribute)
+MAX_H5_DATA_BYTES = 2 * 2**30  # all datasets of an HDF5 file, as declared, every link counted
+MAX_H5_OBJECTS = 100_000  # groups, datasets and links in an HDF5 file (the original has 100)
+# Where the cap can be raised, the refusal says so.
+RAISE_HINT = "a cap of this tool; raise mnist_multibackend.legacy.safety.{} to accept it"
+
+
 def existing_file(path) -> Path:
     """``path`` as a ``Path``, or ``InputError`` if it is not an existing regular file."""
     path = Path(path)
@@ -174,27 +184,227 @@ def existing_file(path) -> Path:
     return path
 
 
-def read_text_file(path) -> str:
-    """The UTF-8 text of a file; ``InputError`` names the file."""
+def read_text_file(path, limit: int | None = None) -> str:
+    """The UTF-8 text of a file of at most ``limit`` bytes (``MAX_CONFIG_BYTES``), checked before reading."""
     path = existing_file(path)
+    limit = MAX_CONFIG_BYTES if limit is None else limit
+    size = path.stat().st_size
+    if size > limit:
+        raise InputError(path, f"is {size:,} bytes; a model description of more than {limit:,} bytes is refused "
+                               f"({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise InputError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
+def _declared_bytes(shape, dtype) -> int:
+    return math.prod(shape or ()) * dtype.itemsize
+
+
+def check_h5_structure(f: h5py.File, source, max_data_bytes: int | None = None) -> None:
+    """Refuse an HDF5 file that could make the tool read anything but its own bytes, or too many of them.
+
+    Walks every link from the root before any data is read (link and
+    storage metadata only): soft and external links, datasets stored in
+    external files and virtual datasets are refused, as are files whose
+    datasets declare more than ``max_data_bytes`` (``MAX_H5_DATA_BYTES``) in
+    all, every link counted (one huge dataset listed three times counts
+    three times), or that hold more than ``MAX_H5_OBJECTS`` links.
+    """
+    max_data_bytes = MAX_H5_DATA_BYTES if max_data_bytes is None else max_data_bytes
+    seen_groups, pending = {f.id}, [("", f)]
+    links = declared = 0
+    while pending:
+        prefix, group = pending.pop()
+        for name in group:
+            where = f"{prefix}{name}"
+            links += 1
+            if links > MAX_H5_OBJECTS:
+                raise InputError(source, f"holds more than {MAX_H5_OBJECTS:,} HDF5 objects; refused "
+                                         f"({RAISE_HINT.format('MAX_H5_OBJECTS')})")
+            link = group.get(name, getlink=True)
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                kind = "a soft link" if isinstance(link, h5py.SoftLink) else "an external link"
+                raise InputError(source, f"{where} is {kind}; refused: this tool reads only the file it is given")
+            if not isinstance(link, h5py.HardLink):
+                raise InputError(source, f"{where} is a link of an unknown kind; refused")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                if obj.id not in seen_groups:
+                    seen_groups.add(obj.id)
+                    pending.append((f"{where}/", obj))
+            elif isinstance(obj, h5py.Dataset):
+                _check_dataset_storage(obj, where, source)
+                declared += _declared_bytes(obj.shape, obj.dtype)
+                if declared > max_data_bytes:
+                    raise InputError(source, f"its datasets declare more than {max_data_bytes:,} bytes in all "
+                                             f"(at {where}); refused before reading any "
+                                             f"({RAISE_HINT.format('MAX_H5_DATA_BYTES')})")
+
+
+def _check_dataset_storage(dataset: h5py.Dataset, where: str, source) -> None:
+    if dataset.external:
+        raise InputError(source, f"{where} is stored in an external file; refused: this tool reads only the "
+                                 "file it is given")
+    if dataset.is_virtual:
+        raise InputError(source, f"{where} is a virtual dataset (its data lives in other files); refused: this "
+                                 "tool reads only the file it is given")
+
+
 @contextlib.contextmanager
-def open_h5(path):
-    """Open an HDF5 file for reading; what h5py raises on a damaged one becomes an ``InputError`` naming it."""
+def open_h5(path, max_data_bytes: int | None = None):
+    """Open an untrusted HDF5 file for reading: the one way the project opens one.
+
+    The whole file passes ``check_h5_structure`` before anything in it is
+    read; what h5py raises on a damaged file becomes an ``InputError`` naming it.
+    """
     path = existing_file(path)
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise InputError(path, f"not an HDF5 file ({first_line(err, limit=300)})") from None
     try:
+        check_h5_structure(f, path, max_data_bytes)
         yield f
-    except (OSError, KeyError, TypeError, ValueError) as err:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
         # h5py reports damaged or unexpected contents this way
         raise InputError(path, f"damaged or unexpected HDF5 contents ({first_line(err, limit=300)})") from None
     finally:
         f.close()
+
+
+# A Keras-format checkpoint (.weights.h5) holds the weights and the optimizer's variables: with Adam (two
+# moments, and amsgrad's maxima) at most four values per parameter, in float64 at worst, plus room for counters.
+CHECKPOINT_VALUES_PER_PARAMETER = 4
+
+
+def check_h5_file(path, expected_parameters: int | None = None) -> None:
+    """Refuse an untrusted HDF5 file before another reader (Keras's ``load_weights``) opens it.
+
+    Runs ``check_h5_structure``; with ``expected_parameters`` (the model's
+    ``count_params()``), its datasets may declare at most what that model's
+    weights and optimizer state take (``CHECKPOINT_VALUES_PER_PARAMETER``
+    float64 values per parameter, plus 1 MiB).
+    """
+    limit = None
+    if expected_parameters is not None:
+        limit = min(MAX_H5_DATA_BYTES, CHECKPOINT_VALUES_PER_PARAMETER * 8 * int(expected_parameters) + 2**20)
+    with open_h5(path, limit):
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Reading from an untrusted HDF5 file (opened with open_h5)
+# ---------------------------------------------------------------------------
+
+def _link(group: h5py.Group, name: str, source, what: str):
+    """The object ``name`` in ``group``, a hard link only, without reading data."""
+    try:
+        link = group.get(name, getlink=True)
+    except (KeyError, ValueError, TypeError):
+        link = None
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise InputError(source, f"{what} {name!r} is a {type(link).__name__}; refused: this tool reads only the "
+                                 "file it is given")
+    return group[name]
+
+
+def get_group(group: h5py.Group, name: str, source, what: str) -> h5py.Group:
+    """The group ``name`` in ``group`` (a hard link), or ``InputError``."""
+    found = _link(group, name, source, what) if isinstance(name, str) and name else None
+    if not isinstance(found, h5py.Group):
+        raise InputError(source, f"{what} lists {name!r} but the file holds no such group")
+    return found
+
+
+def get_dataset(group: h5py.Group, name: str, source, what: str) -> h5py.Dataset:
+    """The dataset ``name`` in ``group`` (its metadata only: nothing is read), checked for storage and dtype."""
+    if not isinstance(name, str) or not name:
+        raise InputError(source, f"{what} names {name!r}, which is not a dataset name")
+    dataset = _link(group, name, source, what)
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(source, f"{what} lists {name!r} but holds no such array")
+    _check_dataset_storage(dataset, f"{group.name.strip('/')}/{name}".strip("/"), source)
+    if dataset.dtype.kind not in "fiub":
+        raise InputError(source, f"{what} {name!r} holds {dataset.dtype} values; numbers only are read")
+    return dataset
+
+
+def read_array(dataset: h5py.Dataset, shape, source, what: str) -> np.ndarray:
+    """The one reader of array data: the values of ``dataset``, read only once its shape is the expected one."""
+    if tuple(dataset.shape) != tuple(shape):
+        raise InputError(source, f"{what} has shape {tuple(dataset.shape)}; expected {tuple(shape)}")
+    return np.asarray(dataset[()])
+
+
+def read_names(group: h5py.Group, name: str, source) -> list:
+    """A list-of-names attribute (``layer_names``, ``weight_names``), joined again if Keras 2 split it into
+    chunks (``name0``, ``name1`` ...), the parts' sizes checked before any is read."""
+    if name in group.attrs:
+        parts = [name]
+    else:
+        parts = []
+        while f"{name}{len(parts)}" in group.attrs and len(parts) <= MAX_H5_OBJECTS:
+            parts.append(f"{name}{len(parts)}")
+    total = sum(_attribute_size(group, part, source) for part in parts)
+    if total > MAX_CONFIG_BYTES:
+        raise InputError(source, f"attribute {name!r} of {group.name} is {total:,} bytes; more than "
+                                 f"{MAX_CONFIG_BYTES:,} is refused ({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
+    names, total = [], 0
+    for part in parts:
+        for item in np.atleast_1d(group.attrs[part]).ravel():
+            item = bytes(item).decode("utf8", errors="replace") if isinstance(item, (bytes, np.bytes_)) else item
+            if not isinstance(item, str):  # Keras 2 wrote an empty float array for "no names"
+                if isinstance(item, (float, np.floating)) and parts == [name]:
+                    continue
+                raise InputError(source, f"attribute {name!r} of {group.name} holds {type(item).__name__} "
+                                         "values, not names")
+            names.append(item)
+            total += len(item)
+    if total > MAX_CONFIG_BYTES:  # variable-length names, measured only now
+        raise InputError(source, f"attribute {name!r} of {group.name} is {total:,} characters; more than "
+                                 f"{MAX_CONFIG_BYTES:,} is refused ({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
+    return names
+
+
+def _attribute_size(obj, name: str, source) -> int:
+    """What reading attribute ``name`` costs, from its metadata alone.
+
+    Fixed-length values are stored in the file uncompressed; their size is
+    the declared one. Variable-length strings (tf_keras writes name lists so)
+    live in the file's heap: they count as 0 here, their number is capped at
+    ``MAX_H5_OBJECTS`` and their text is measured once read.
+    """
+    attr = obj.attrs.get_id(name)
+    dtype, count = attr.dtype, math.prod(attr.shape or ())
+    string = h5py.check_string_dtype(dtype)
+    if h5py.check_vlen_dtype(dtype) is not None or (string is not None and string.length is None) \
+            or dtype.kind == "O":
+        if count > MAX_H5_OBJECTS:
+            raise InputError(source, f"attribute {name!r} of {obj.name} is a list of {count:,} values; more than "
+                                     f"{MAX_H5_OBJECTS:,} is refused ({RAISE_HINT.format('MAX_H5_OBJECTS')})")
+        return 0
+    return count * dtype.itemsize
+
+
+def read_text_attribute(obj, name: str, source, limit: int | None = None) -> str:
+    """A text attribute (``model_config``, ``training_config``), its size checked before it is read."""
+    limit = MAX_CONFIG_BYTES if limit is None else limit
+    size = _attribute_size(obj, name, source)
+    if size > limit:
+        raise InputError(source, f"attribute {name!r} is {size:,} bytes; a model description of more than "
+                                 f"{limit:,} bytes is refused ({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
+    value = obj.attrs[name]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(())[()]
+    if isinstance(value, (bytes, np.bytes_)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise InputError(source, f"attribute {name!r} is not text")
+    if len(value) > limit:  # a variable-length value, measured only now
+        raise InputError(source, f"attribute {name!r} is {len(value):,} characters; a model description of more "
+                                 f"than {limit:,} bytes is refused ({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
+    return value

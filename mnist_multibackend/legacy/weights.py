@@ -10,15 +10,13 @@ import h5py
 import keras
 import numpy as np
 
-# Keras 3's own reader of Keras 2 weight groups (topological loading with shape
-# checks, long attributes split into chunks) is reused as it stands, through
-# keras_private. Its model and optimizer loading is not: it resolves class names
-# among all of keras.layers (Lambda included), rejects Keras 2's Adam config and
-# drops the optimizer state.
+# Keras 3's writer of long name lists (split into chunks as Keras 2 did) is reused through
+# keras_private. Reading is done here (safety's checked readers), not by Keras's reader of
+# Keras 2 weight groups, which reads each array before comparing its shape with the model's.
 from .. import keras_private
 from ..atomic import atomic_path
-from ..errors import InputError, first_line
-from .safety import open_h5
+from ..errors import InputError
+from .safety import get_dataset, get_group, open_h5, read_array, read_names
 
 # Keras 2 readers take this attribute as the convolution-kernel convention of the
 # weights (they flip kernels saved by Theano). Keras 3 kernels follow TensorFlow's
@@ -56,21 +54,48 @@ def write_weights_group(group: h5py.Group, model: keras.Model) -> None:
 
 
 def read_weights_group(group: h5py.Group, model: keras.Model, source) -> None:
-    """Assign a Keras 2 weights group to ``model``, layer by layer in order, checking every count and shape."""
+    """Assign a Keras 2 weights group to ``model``, layer by layer in order (as Keras 2 loaded it).
+
+    Every count (layers, weights per layer) and every array's shape and dtype
+    is checked against the model before any array is read; nothing is assigned
+    unless all of them fit.
+    """
     backend = group.attrs.get("backend", b"")
     backend = backend.decode("utf8") if hasattr(backend, "decode") else str(backend)
     if backend == "theano" and any(type(layer).__name__ in CONV_LAYERS and layer.weights for layer in model.layers):
         raise InputError(source, "saved with the Theano backend, whose convolution kernels are flipped; "
                                  "convert it with Keras 2 first")
-    try:
-        layer_names = keras_private.load_attributes_from_hdf5_group(group, "layer_names")
-        if not layer_names:
-            raise InputError(source, "no 'layer_names' attribute: not a Keras 2 weights file")
-        keras_private.load_weights_from_hdf5_group(group, model)
-    except (InputError, keras_private.KerasPrivateError):
-        raise
-    except Exception as err:  # noqa: BLE001 - a missing group, wrong count or shape: the weights do not fit
-        raise InputError(source, f"weights do not fit the model ({first_line(err, limit=300)})") from None
+    layer_names = read_names(group, "layer_names", source)
+    if not layer_names:
+        raise InputError(source, "no 'layer_names' attribute: not a Keras 2 weights file")
+    saved = []  # (layer name in the file, its group, its weight names), for the layers that have weights
+    for name in layer_names:
+        layer_group = get_group(group, name, source, "layer_names")
+        weight_names = read_names(layer_group, "weight_names", source)
+        if weight_names:
+            saved.append((name, layer_group, weight_names))
+    layers = [layer for layer in model.layers if _keras2_weights(layer)]
+    if len(saved) != len(layers):
+        raise InputError(source, f"weights do not fit the model (the file holds weights for {len(saved)} layers, "
+                                 f"the model has {len(layers)} layers with weights)")
+    plan = []
+    for (name, layer_group, weight_names), layer in zip(saved, layers):
+        weights = _keras2_weights(layer)
+        if len(weight_names) != len(weights):
+            raise InputError(source, f"weights do not fit the model (layer {name!r} holds {len(weight_names)} "
+                                     f"arrays; the model's layer {layer.name!r} has {len(weights)} weights)")
+        for weight_name, weight in zip(weight_names, weights):
+            dataset = get_dataset(layer_group, weight_name, source, f"layer {name!r}")
+            if tuple(dataset.shape) != tuple(weight.shape):
+                raise InputError(source, f"weights do not fit the model ({name}/{weight_name} has shape "
+                                         f"{tuple(dataset.shape)}; {weight.path} has {tuple(weight.shape)})")
+            plan.append((dataset, weight, f"{name}/{weight_name}"))
+    extra = group.get("top_level_model_weights")
+    if isinstance(extra, h5py.Group) and read_names(extra, "weight_names", source):
+        raise InputError(source, "holds weights of the model itself outside its layers, which a model built "
+                                 "from a Keras 2 config does not have")
+    for dataset, weight, what in plan:
+        weight.assign(read_array(dataset, weight.shape, source, what))
 
 
 def save_weights_h5(model: keras.Model, path) -> None:
