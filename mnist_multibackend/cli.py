@@ -408,12 +408,14 @@ COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(map(str, argv))
+    command_line = argv is None  # the mnist-mb command itself, not a Python caller's main([...])
+    argv = sys.argv[1:] if command_line else list(map(str, argv))
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from . import interrupts
+    if command_line:  # a process of its own: SIGINT/SIGTERM remove temporaries, say one line, exit 130/143
+        from . import interrupts
 
-    interrupts.install()  # SIGINT/SIGTERM: temporaries removed, one line, exit 130/143, at once
+        interrupts.install()
     if args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # runtime.start would otherwise hide INFO and WARNING
         return _run(args)
