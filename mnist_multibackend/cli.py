@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batches per call of the compiled training step (default: 32 on TensorFlow, "
                             "1 on JAX; progress and callbacks update every N batches)")
     train.add_argument("--seed", type=int, help="make the run repeatable on the same backend")
-    train.add_argument("--out", default="runs/latest", help="run folder to write (default: runs/latest)")
+    train.add_argument("--out", default="runs/latest", help="run folder to write, whole or not at all "
+                                                            "(default: runs/latest)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing run folder at --out whole (else a non-empty one is refused)")
     train.add_argument("--no-validate", dest="validate", action="store_false",
                        help="skip scoring the test set after each epoch")
     train.add_argument("--legacy-artifacts", action="store_true",
@@ -224,8 +227,10 @@ def _start(args, announce: bool = False):
 
 
 def run_convert(args) -> int:
+    from .atomic import check_file_target
     from .data import idx_to_csv
 
+    check_file_target(args.output)
     rows = idx_to_csv(args.images, args.labels, args.output)
     print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
     return 0
@@ -239,8 +244,12 @@ def run_train(args) -> int:
                          steps_per_execution=args.steps_per_execution,
                          data=args.data, out=args.out, validate=args.validate, distribute=args.distribute,
                          legacy_artifacts=args.legacy_artifacts, checkpoint_dir=args.checkpoint_dir,
-                         resume=args.resume)
-    config.check()  # before the backend starts: a bad flag costs no wait
+                         resume=args.resume, overwrite=args.overwrite, report=args.report)
+    config.check()  # before the backend starts: a bad flag or an unwritable --out costs no wait
+    from . import interrupts
+
+    interrupts.set_hint(lambda: _resume_hint(args, config) if config.checkpoint_dir
+                        else f"{config.out} was not written")
     runtime = _start(args, announce=True)
     from .training import train
 
@@ -257,11 +266,27 @@ def run_train(args) -> int:
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
           f"{metrics['train_images_per_second']:.0f} training images/s on {where}; {written}"
           + (" and the Keras 2 files" if config.legacy_artifacts and metrics["process_index"] == 0 else ""))
-    if args.report and metrics["process_index"] == 0:
-        from .report import write_report
-
-        _print_report(write_report(config.out, config.data))
+    if metrics.get("report"):
+        _print_report(metrics["report"])
     return 0
+
+
+def _resume_hint(args, config) -> str:
+    """What a signal's line adds for a run with checkpoints: what is saved, and the exact command that resumes."""
+    import shlex
+
+    from .checkpoint import CHECKPOINT_FILE
+
+    words = list(args.argv)
+    if "--resume" not in words:
+        words.append("--resume")
+    saved = "no epoch saved yet"
+    try:
+        state = json.loads((Path(config.checkpoint_dir) / CHECKPOINT_FILE).read_text())
+        saved = f"epoch {int(state['epoch'])} of {config.epochs} saved in {config.checkpoint_dir}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return f"{saved}; resume with: {shlex.join(['mnist-mb', *words])}"
 
 
 def _test_data(flag: str | None, model) -> str | None:
@@ -280,7 +305,7 @@ def _test_data(flag: str | None, model) -> str | None:
 def run_evaluate(args) -> int:
     data = _test_data(args.data, args.model)
     runtime = _start(args)
-    from .evaluation import evaluate
+    from .evaluation import evaluate  # refuses a model that is not a 10-class 28x28 classifier
 
     print(json.dumps(evaluate(args.model, data, runtime)))
     return 0
@@ -291,6 +316,11 @@ def run_legacy(args) -> int:
         raise InputError("legacy export", "name at least one file to write: --h5, --yaml or --weights")
     if args.legacy_command == "import" and not args.out.endswith(".keras"):
         raise InputError(args.out, "--out must name a .keras file")
+    from .atomic import check_file_target
+
+    outputs = [args.out] if args.legacy_command == "import" else [args.h5, args.yaml, args.weights]
+    for output in filter(None, outputs):
+        check_file_target(output)  # before the backend starts and the model loads
     runtime = _start(args)
     from . import legacy
     from .atomic import atomic_path
@@ -311,10 +341,12 @@ def run_legacy(args) -> int:
 
 def run_bench(args) -> int:
     # No Keras in this process: each backend is measured in a fresh worker process.
+    from .atomic import check_folder_target
     from .bench.matrix import BenchConfig, run_benchmarks
     from .bench.report import throughput_table
     from .bench.workers import failed
 
+    check_folder_target(args.out)  # before minutes of measuring
     results = run_benchmarks(BenchConfig(out=args.out, quick=args.quick, data=args.data,
                                          batch_sizes=args.batch_sizes, backends=args.backends))
     print(throughput_table(results["rows"]))
@@ -324,8 +356,11 @@ def run_bench(args) -> int:
 
 def run_time_to_accuracy(args) -> int:
     # No Keras in this process: each run is a fresh worker process.
+    from .atomic import check_folder_target
     from .bench.time_to_accuracy import TimeToAccuracyConfig, run, table
     from .bench.workers import failed
+
+    check_folder_target(args.out)  # before the runs
 
     results = run(TimeToAccuracyConfig(out=args.out, backends=args.backends, recipes=args.recipes, runs=args.runs,
                                        data=args.data, epochs=args.epochs, limit=args.limit))
@@ -350,6 +385,10 @@ def run_predict(args) -> int:
 
 
 def run_report(args) -> int:
+    if args.out:
+        from .atomic import check_folder_target
+
+        check_folder_target(args.out)  # the default one is checked by write_report, before scoring
     target = Path(args.target)
     data = _test_data(args.data, target / "model.keras" if target.is_dir() else target)
     _start(args)
@@ -369,7 +408,14 @@ COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate
 
 
 def main(argv=None) -> int:
+    command_line = argv is None  # the mnist-mb command itself, not a Python caller's main([...])
+    argv = sys.argv[1:] if command_line else list(map(str, argv))
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    if command_line:  # a process of its own: SIGINT/SIGTERM remove temporaries, say one line, exit 130/143
+        from . import interrupts
+
+        interrupts.install()
     if args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # runtime.start would otherwise hide INFO and WARNING
         return _run(args)
@@ -392,5 +438,6 @@ def _run(args) -> int:
         where = err.filename or "file system"
         print(f"mnist-mb: error: {where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised by code that ran outside interrupts.install()
+        print("mnist-mb: interrupted", file=sys.stderr)
         return 130

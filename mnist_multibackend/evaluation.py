@@ -10,6 +10,7 @@ import keras
 from . import data
 from .loading import load_saved_model
 from .model import compile_model
+from .predict import check_classifier
 from .runtime import Runtime
 
 EVAL_BATCH_SIZE = 500  # evaluation only: larger batches run faster and change no result
@@ -25,6 +26,7 @@ def score(model: keras.Model, dataset: data.Dataset) -> tuple[float, float]:
 def evaluate(model_path, data_path=None, runtime: Runtime | None = None) -> dict:
     """Score a saved model on the MNIST test set: ``accuracy``, ``loss`` and what ran it."""
     model = load_saved_model(model_path)
+    check_classifier(model, model_path)  # before compiling or loading any data, as predict and report do
     if not model.compiled:  # e.g. a model saved before it was compiled
         compile_model(model)
     dataset = data.load_dataset(data_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -126,6 +127,8 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # save the training state here at every epoch end
     resume: bool = False  # continue from the state in checkpoint_dir
     steps_per_execution: int | None = None  # None: STEPS_PER_EXECUTION for the backend
+    overwrite: bool = False  # replace a non-empty run folder at ``out`` whole (else: refused before any work)
+    report: bool = False  # also write the report into out/report, within the same atomic build
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -133,6 +136,19 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "learning_rate"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(RECIPES[self.recipe], name))
+
+    def check_outputs(self) -> None:
+        """Refuse, before any work, a run folder or checkpoint folder that could not be written."""
+        from .atomic import check_folder_target, refuse_existing_run
+
+        check_folder_target(self.out)
+        refuse_existing_run(self.out, self.overwrite)
+        if self.checkpoint_dir:
+            check_folder_target(self.checkpoint_dir)
+            out, checkpoint = Path(self.out).resolve(), Path(self.checkpoint_dir).resolve()
+            if checkpoint == out or out in checkpoint.parents:
+                raise InputError("--checkpoint-dir", f"{self.checkpoint_dir} is inside --out {self.out}, which is "
+                                                     "replaced whole when the run ends; choose a folder beside it")
 
     def check(self) -> None:
         """Refuse settings that cannot run, each in one line naming its flag. ``train`` calls it first."""
@@ -149,6 +165,7 @@ class TrainConfig:
         if self.checkpoint_dir and self.distribute:
             raise InputError("--checkpoint-dir", "not supported with --distribute yet: the checkpoint is written "
                                                  "and restored by a single process")
+        self.check_outputs()
         if self.distribute and RECIPES[self.recipe].augmentation:
             raise InputError("--distribute", f"not supported with --recipe {self.recipe} yet: its augmented "
                                              "batches are made by one process for one device")

@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from . import data
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, check_folder_target, write_text
 from .errors import InputError
 from .model import load_saved_model
 from .predict import check_classifier, predict_digits
@@ -168,6 +168,7 @@ def write_report(target, data_path=None, out=None) -> dict:
     Returns what was found and written: ``accuracy``, ``mistakes``, ``test_images``, ``files``.
     """
     model_path, history_path, default_out = locate(target)
+    check_folder_target(Path(out) if out else default_out)  # before scoring
     history = read_history(history_path) if history_path else None
     model = load_saved_model(model_path)
     check_classifier(model, model_path)

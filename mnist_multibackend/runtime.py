@@ -129,8 +129,53 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
 
     if keras.backend.backend() != backend:  # e.g. keras.json overrode the environment
         raise InputError("backend", f"Keras loaded the {keras.backend.backend()} backend, not {backend}")
+    overridden = pin_keras_config()
+    if overridden:
+        print(f"mnist-mb: overriding Keras settings for this run: {'; '.join(overridden)} (from {_keras_json()} or "
+              "the environment; the model is defined for float32, channels_last and full runs)",
+              file=sys.stderr, flush=True)
+    if keras.config.epsilon() != DEFAULT_EPSILON:  # kept (it is the user's to choose), but never silently
+        print(f"mnist-mb: Keras epsilon is {keras.config.epsilon()} (from {_keras_json()}), not {DEFAULT_EPSILON}: "
+              "losses differ slightly; recorded in metrics.json", file=sys.stderr, flush=True)
     return Runtime(backend=backend, backend_version=_backend_version(backend),
                    keras_version=keras.__version__, device=used, devices=tuple(devices))
+
+
+# What the model and its recipes are defined for. A keras.json with floatx float16 (or channels_first)
+# would silently change every result; KERAS_MAX_EPOCHS / KERAS_MAX_STEPS_PER_EPOCH would cut runs short.
+PINNED_CONFIG = {"floatx": "float32", "image_data_format": "channels_last"}
+DEFAULT_EPSILON = 1e-7
+
+
+def pin_keras_config() -> list[str]:
+    """Set Keras's global settings to ``PINNED_CONFIG`` (and no epoch/step caps); what was changed, as phrases."""
+    import keras
+
+    changed = []
+    for name, wanted in PINNED_CONFIG.items():
+        current = getattr(keras.config, name)()
+        if current != wanted:
+            getattr(keras.config, f"set_{name}")(wanted)
+            changed.append(f"{name} {current} -> {wanted}")
+    for name in ("max_epochs", "max_steps_per_epoch"):
+        getter = getattr(keras.config, name, None)
+        if getter is not None and getter() is not None:
+            changed.append(f"{name} {getter()} -> none (KERAS_{name.upper()} ignored)")
+            getattr(keras.config, f"set_{name}")(None)
+    return changed
+
+
+def keras_config() -> dict:
+    """Keras's global settings in force: recorded in metrics.json beside the numbers they shape."""
+    import keras
+
+    return {"backend": keras.backend.backend(), "floatx": keras.config.floatx(),
+            "image_data_format": keras.config.image_data_format(), "epsilon": keras.config.epsilon()}
+
+
+def _keras_json() -> str:
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "keras.json")
 
 
 def _no_gpu(backend: str, seen) -> InputError:

@@ -24,14 +24,14 @@ import keras
 import numpy as np
 
 from . import data, legacy
-from .atomic import atomic_path, write_text
+from .atomic import atomic_folder, atomic_path, write_text
 from .callbacks import ElapsedClock, EpochTimer, StepProgbar
 from .distribute import Replicas, data_parallel
 from .evaluation import score
 from .feeding import EpochBatches
 from .jax_cpu import speed_up
 from .recipes import RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
-from .runtime import Runtime, machine, make_deterministic
+from .runtime import Runtime, keras_config, machine, make_deterministic
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
 # back to Python and tf.data between every two steps; with EpochBatches, 32 per call trained 1.41x
 # faster than plain Keras here (docs/performance.md); on JAX it made no difference, and 1 keeps
@@ -95,6 +95,7 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     images = len(x_train) * replicas.data_shards  # over all processes
     metrics = {
         **runtime.as_dict(),
+        "keras_config": keras_config(),  # the settings that change every number (runtime.start pins them)
         "machine": machine(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data_source": dataset.source,
@@ -125,13 +126,22 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         metrics["resumed_after_epoch"] = checkpoint.resumed_after_epoch
     elif config.validate:  # the test set scored after each epoch, timed from the start of this call
         metrics["time_to_accuracy"] = time_to_accuracy(logs["val_accuracy"], clock.seconds)
+    report = None
     if replicas.is_chief:
-        write_run(Path(config.out), model, logs, epoch_seconds, metrics)
-        if config.legacy_artifacts:
-            legacy.write_legacy_artifacts(model, config.out)
+        # Built whole in a temporary folder beside --out and renamed into place: a failure or a
+        # signal leaves no model without its history, and no earlier run's files beside this one's.
+        with atomic_folder(config.out, config.overwrite) as building:
+            write_run(building, model, logs, epoch_seconds, metrics)
+            if config.legacy_artifacts:
+                legacy.write_legacy_artifacts(model, building)
+            if config.report:
+                from .report import write_report
+
+                report = write_report(building, config.data)
+                report["files"] = [str(Path(config.out) / Path(f).relative_to(building)) for f in report["files"]]
     if checkpoint:
         checkpoint.remove()  # the run folder is complete: nothing is left to resume
-    return {**metrics, "process_index": replicas.process_index}
+    return {**metrics, "process_index": replicas.process_index, **({"report": report} if report else {})}
 
 
 def _resumable_settings(config: TrainConfig, dataset: data.Dataset) -> dict:
@@ -152,7 +162,8 @@ def time_to_accuracy(accuracies, elapsed_seconds, target: float = TARGET_ACCURAC
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:
-    """Write ``model.keras``, ``history.csv`` and ``metrics.json`` into ``out``, each atomically."""
+    """Write ``model.keras``, ``history.csv`` and ``metrics.json`` into ``out`` (``train`` gives it a folder
+    that becomes the run folder only once everything is in it)."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)

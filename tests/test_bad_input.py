@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_clean_error, cli, cli_peak_rss
+from conftest import assert_clean_error, cli_peak_rss
 from mnist_multibackend import checkpoint, data, predict, report
 from mnist_multibackend.errors import InputError
 
@@ -54,9 +54,28 @@ GOOD_FOLDER = {"data/train-images-idx3-ubyte.gz": gzip.compress(IMAGES), "data/t
                "data/t10k-images-idx3-ubyte": IMAGES, "data/t10k-labels-idx1-ubyte": LABELS}
 FOLDER = None  # a value in Case.files: make a directory
 MODEL = "{model}"  # a value in Case.files: a copy of a real trained model
+# Generator states of the right form: checkpoint.read_state validates them before any training.
+RANDOM_STATE = {"python": [3, [0] * 624 + [624], None], "numpy": ["MT19937", [0] * 624, 624, 0, 0.0],
+                "seed_generators": []}
 CHECKPOINT = {"epoch": 1, "weights": "epoch-0001.weights.h5", "settings": {"epochs": 5}, "history": {"loss": [1.0]},
-              "epoch_seconds": [1.0], "random": {}}
+              "epoch_seconds": [1.0], "random": RANDOM_STATE}
 TRAIN = ("train", "--data", "{mnist}", "--limit", "64", "--epochs", "1", "--out", "{tmp}/run")
+
+
+def _checkpoint(**changes) -> bytes:
+    return json.dumps({**CHECKPOINT, **changes}).encode()
+
+
+def _not_a_classifier() -> bytes:
+    """A valid .keras file of a model that maps 4 numbers to 2."""
+    import tempfile
+
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(f"{folder}/m.keras")
+        return open(f"{folder}/m.keras", "rb").read()
 
 
 # Every case's command, backend and model included, stays under this. Predicting three digits
@@ -342,6 +361,51 @@ BAD_INPUT = [
     Case("a truncated .keras", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
          {"model.keras": MODEL_HEAD},
          ("model.keras", "not a zip archive, or a truncated one")),
+    # --- work never lost (issue 12)
+    Case("train --out is a file", TRAIN, {"run": b"a file"}, ("run", "is a file, not a folder")),
+    Case("train --out is a folder under a file", TRAIN[:-1] + ("{tmp}/file/run",), {"file": b"x"},
+         ("file", "is a file, not a folder")),
+    Case("train --out holds an earlier run", TRAIN,
+         {"run/model.keras": b"old", "run/MNIST_keras_CNN.h5": b"old", "run/report/misclassified.png": b"old"},
+         ("run", "is not empty", "add --overwrite")),
+    Case("--overwrite of a folder that is not a run folder", TRAIN + ("--overwrite",), {"run/notes.txt": b"mine"},
+         ("run", "is not a run folder", "will not delete it")),
+    Case("--checkpoint-dir inside --out", TRAIN + ("--checkpoint-dir", "{tmp}/run/ck"), {},
+         ("--checkpoint-dir", "inside --out")),
+    Case("bench --out is a file", ("bench", "--quick", "--backends", "jax", "--out", "{tmp}/bench"),
+         {"bench": b"a file"}, ("bench", "is a file, not a folder")),
+    Case("time-to-accuracy --out is a file", ("time-to-accuracy", "--runs", "1", "--epochs", "1", "--limit", "64",
+                                              "--out", "{tmp}/tta"), {"tta": b"a file"}, ("tta", "is a file, not a folder")),
+    Case("report --out is a file", ("report", "{model}", "--data", "{mnist}", "--out", "{tmp}/report"),
+         {"report": b"a file"}, ("report", "is a file, not a folder")),
+    Case("report's default folder is a file", ("report", "{tmp}/run", "--data", "{mnist}"),
+         {"run/model.keras": MODEL, "run/report": b"a file"}, ("report", "is a file, not a folder")),
+    Case("convert -o is a folder", ("convert", "{tmp}/images", "{tmp}/labels", "-o", "{tmp}/out"),
+         {"images": IMAGES, "labels": LABELS, "out": FOLDER}, ("out", "is a folder; name a file")),
+    Case("legacy import --out under a file", ("legacy", "import", "{seed}/MNIST_keras_CNN.h5", "--out",
+                                              "{tmp}/file/m.keras"), {"file": b"x"}, ("file", "is a file, not a folder")),
+    Case("legacy export --h5 is a folder", ("legacy", "export", "{model}", "--h5", "{tmp}/old.h5"),
+         {"old.h5": FOLDER}, ("old.h5", "is a folder; name a file")),
+    Case("a checkpoint of epoch 7 of 3", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+         {"ck/checkpoint.json": _checkpoint(epoch=7, weights="epoch-0007.weights.h5", settings={"epochs": 3},
+                                            history={"loss": [1.0] * 7}, epoch_seconds=[1.0] * 7),
+          "ck/epoch-0007.weights.h5": b""}, ("checkpoint.json", "epoch 7 of 3")),
+    Case("a checkpoint with non-numeric seconds", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+         {"ck/checkpoint.json": _checkpoint(epoch_seconds=["soon"]), "ck/epoch-0001.weights.h5": b""},
+         ("checkpoint.json", "epoch_seconds is not a list of 1 finite numbers")),
+    Case("a checkpoint with an infinite loss", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+         {"ck/checkpoint.json": _checkpoint().replace(b"[1.0]", b"[1e999]", 1), "ck/epoch-0001.weights.h5": b""},
+         ("checkpoint.json", "history['loss'] is not a list of 1 finite numbers")),
+    Case("a checkpoint with an overflowing generator state", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+         {"ck/checkpoint.json": _checkpoint(random={**RANDOM_STATE, "numpy": ["MT19937", [2**40] * 624, 624, 0, 0.0]}),
+          "ck/epoch-0001.weights.h5": b""}, ("checkpoint.json", "random.numpy is not a Mersenne Twister state")),
+    Case("a checkpoint's history of the wrong length", TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+         {"ck/checkpoint.json": _checkpoint(history={"loss": [1.0, 2.0]}), "ck/epoch-0001.weights.h5": b""},
+         ("checkpoint.json", "history['loss'] is not a list of 1 finite numbers")),
+    Case("a weights file the checkpoint did not write", TRAIN + ("--checkpoint-dir", "{tmp}/ck"),
+         {"ck/epoch-0001.weights.h5": b"someone else's"}, ("epoch-0001.weights.h5", "was not written by this")),
+    Case("a model that is not a digit classifier (evaluate)", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
+         {"model.keras": _not_a_classifier()}, ("model.keras", "not a digit classifier")),
 ]
 
 

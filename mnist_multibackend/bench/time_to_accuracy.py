@@ -24,9 +24,9 @@ import datetime  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from mnist_multibackend.atomic import temporary_folder  # noqa: E402
 from mnist_multibackend.errors import require_at_least  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, cpu_line, machine  # noqa: E402
@@ -87,7 +87,7 @@ def run(config: TimeToAccuracyConfig) -> dict:
 
 def time_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict:
     """One worker process: its answer with the process's whole wall time added, or an error row."""
-    with tempfile.TemporaryDirectory() as run_dir:
+    with temporary_folder() as run_dir:  # removed by a signal's clean-up too
         args = ["--worker", "--backend", backend, "--recipe", recipe, "--run-dir", run_dir]
         args += ["--data", config.data] if config.data else []
         args += ["--epochs", config.epochs] if config.epochs else []

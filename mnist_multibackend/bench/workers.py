@@ -31,12 +31,29 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from mnist_multibackend import native_logs
+from mnist_multibackend import interrupts, native_logs
 from mnist_multibackend.errors import InputError
 
 ERROR_PREFIX = "mnist-mb: error: "
 EXIT_BAD_INPUT = 2
 STDERR_TAIL_LINES = 40  # what a quiet worker's failure shows of its stderr
+_running: set = set()  # the live workers, stopped by a signal's clean-up (interrupts)
+
+
+def _stop_workers() -> None:
+    for worker in list(_running):
+        try:
+            worker.terminate()  # the worker removes its own temporaries (answer_json installs interrupts)
+        except OSError:
+            pass
+    for worker in list(_running):
+        try:
+            worker.wait(timeout=1)
+        except Exception:  # noqa: BLE001 - the parent ends now either way
+            worker.kill()
+
+
+interrupts.on_interrupt(_stop_workers)
 
 
 def worker_env() -> dict:
@@ -59,6 +76,7 @@ def answer_json(compute: Callable[[], dict]) -> int:
     bar) must not corrupt the answer. Bad input is one ``ERROR_PREFIX`` line and
     exit status 2, which the parent passes on.
     """
+    interrupts.install()
     answer, sys.stdout = sys.stdout, sys.stderr
     try:
         result = compute()
@@ -83,6 +101,7 @@ def run_worker(module: str, args, *, label: str, echo: bool = True) -> dict:
     with tempfile.TemporaryFile("w+") as stdout:
         with subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, errors="replace",
                               env=worker_env()) as worker:
+            _running.add(worker)
             for line in worker.stderr:
                 if line.startswith(ERROR_PREFIX):  # kept for the one line the parent prints
                     error_line = line[len(ERROR_PREFIX):].strip()
@@ -92,6 +111,7 @@ def run_worker(module: str, args, *, label: str, echo: bool = True) -> dict:
                 tail.append(line)
                 if echo:
                     sys.stderr.write(line)
+        _running.discard(worker)
         stdout.seek(0)
         lines = stdout.read().strip().splitlines()
     if worker.returncode == EXIT_BAD_INPUT and error_line:
