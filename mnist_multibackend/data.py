@@ -224,6 +224,12 @@ def read_file_bytes(path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         return source.read(max_bytes + 1)  # one byte more than the cap is refused by Source
 
 
+def array_span(shape, dtype) -> int:
+    """Bytes an array of ``shape`` needs, each zero dimension taken as one: a header of shape
+    ``(0, 2**32, 2**32)`` holds nothing, but is no more believable (NumPy cannot even make it)."""
+    return math.prod(max(side, 1) for side in shape) * np.dtype(dtype).itemsize
+
+
 def read_array_data(source, array: np.ndarray, what: str) -> np.ndarray:
     """Fill ``array`` (contiguous) from ``source``, which must hold exactly its bytes and no more.
 
@@ -273,8 +279,8 @@ def read_idx(path, check=None) -> np.ndarray:
         if check is not None:
             check(dims, dtype.newbyteorder("="))
         expected = math.prod(dims) * dtype.itemsize
-        if expected > MAX_ARRAY_BYTES:
-            raise InputError(path, over_cap(f"IDX header says shape {dims}, {expected:,} data bytes",
+        if array_span(dims, dtype) > MAX_ARRAY_BYTES:
+            raise InputError(path, over_cap(f"IDX header says shape {dims}, {array_span(dims, dtype):,} data bytes",
                                             MAX_ARRAY_BYTES, "MAX_ARRAY_BYTES"))
         said = f"IDX header says shape {dims}"
         if source.size is not None and source.size - header_size != expected:
@@ -581,10 +587,10 @@ def read_npy(path, stream, check=None) -> np.ndarray:
         raise InputError(path, f"holds {dtype} values, expected numeric pixels (Python objects are never read)")
     if check is not None:
         check(shape, dtype)
-    expected = math.prod(shape) * dtype.itemsize
     said = f".npy header says {dtype} {shape}"
-    if expected > MAX_ARRAY_BYTES:
-        raise InputError(path, over_cap(f"{said}, {expected:,} data bytes", MAX_ARRAY_BYTES, "MAX_ARRAY_BYTES"))
+    if array_span(shape, dtype) > MAX_ARRAY_BYTES:
+        raise InputError(path, over_cap(f"{said}, {array_span(shape, dtype):,} data bytes", MAX_ARRAY_BYTES,
+                                        "MAX_ARRAY_BYTES"))
     array = read_array_data(_Stream(path, stream), np.empty(math.prod(shape), dtype), said)
     return array.reshape(shape, order="F" if fortran_order else "C")
 
