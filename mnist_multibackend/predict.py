@@ -31,6 +31,11 @@ CENTRE = 14.0  # ... and put its centre of mass here (row and column; measured: 
 INK_THRESHOLD = 40
 MIN_CONTRAST = 24  # darkest-to-lightest difference below this: a blank image, no digit
 MAX_IMAGE_PIXELS = 50_000_000  # a digit needs far fewer; refuses decompression bombs before decoding
+# An image file is read whole before decoding: a 50-megapixel RGBA TIFF stored raw is 200 MB.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+# Digits one `predict` reads from all its inputs together: data.MAX_IMAGES (2,000,000, 1.5 GiB as
+# uint8; they are converted to float32 a batch at a time).
+MAX_PREDICT_IMAGES = data.MAX_IMAGES
 PREDICT_BATCH_SIZE = 500
 
 # What each kind of file starts with.
@@ -45,13 +50,14 @@ def load_inputs(paths, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
     A name is the path for a one-image file, ``PATH:LINE`` for a CSV row (lines
     count from 1) and ``PATH[i]`` for an IDX or ``.npy`` record (from 0).
     ``invert`` (auto, yes, no) applies to image files: ``auto`` inverts an image
-    whose border is light, i.e. a dark digit on light paper.
+    whose border is light, i.e. a dark digit on light paper. All inputs together
+    hold at most ``MAX_PREDICT_IMAGES`` digits.
     """
     if invert not in INVERT_CHOICES:
         raise InputError("--invert", f"must be one of {', '.join(INVERT_CHOICES)}. Received: {invert!r}")
     images, names = [], []
     for path in paths:
-        digits, digit_names = read_input(path, invert)
+        digits, digit_names = read_input(path, invert, MAX_PREDICT_IMAGES - len(names))
         images.append(digits)
         names.extend(digit_names)
     if not images:
@@ -59,25 +65,45 @@ def load_inputs(paths, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
     return np.concatenate(images), names
 
 
-def read_input(path, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
-    """One input file -> ``uint8 (n, 28, 28)`` digits and their names (see ``load_inputs``)."""
-    path = Path(path)
-    raw = data.read_file_bytes(path)  # names a missing file or a directory; gunzips
-    if not raw:
-        raise InputError(path, "empty file")
-    if raw.startswith(_IMAGE_MAGIC) or (raw[:4] == b"RIFF" and raw[8:12] == b"WEBP"):
-        return read_image(path, raw, invert)[None], [str(path)]
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        raise InputError(path, f"not a PNG or JPEG image (it starts with {raw[:8]!r})")
-    if raw.startswith(_NPY_MAGIC):
-        return _indexed(path, _as_digits(path, _read_npy(path, raw)))
-    if raw[:2] == b"\0\0":
-        return _indexed(path, _idx_digits(path))
-    if path.suffix.lower() == ".csv" or raw[:1].isdigit():
-        images, _ = data.read_csv(path, labelled=None)
-        return images, [f"{path}:{line}" for line in range(1, len(images) + 1)]
-    raise InputError(path, f"unknown input format (it starts with {raw[:8]!r}); expected a PNG or JPEG "
+def read_input(path, invert: str = "auto", max_images: int = MAX_PREDICT_IMAGES) -> tuple[np.ndarray, list[str]]:
+    """One input file -> ``uint8 (n, 28, 28)`` digits and their names (see ``load_inputs``).
+
+    The kind of file is told from its first bytes (gunzipped as a stream); each reader
+    checks the header's claims against the caps before it reads the data.
+    """
+    with data.Source(path) as source:  # a regular file under data.MAX_FILE_BYTES; gunzips
+        path = source.path
+        head = source.read(16)
+        source.rewind()
+        if not head:
+            raise InputError(path, "empty file")
+        if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            if max_images < 1:
+                _too_many(path, 1, max_images)
+            raw = source.read(MAX_IMAGE_FILE_BYTES + 1)
+            if len(raw) > MAX_IMAGE_FILE_BYTES:
+                raise InputError(path, data.over_cap(f"an image file of more than {MAX_IMAGE_FILE_BYTES:,} bytes",
+                                                     MAX_IMAGE_FILE_BYTES, "MAX_IMAGE_FILE_BYTES").replace(
+                                                         "data.py", "predict.py"))
+            return read_image(path, raw, invert)[None], [str(path)]
+        if path.suffix.lower() in _IMAGE_SUFFIXES:
+            raise InputError(path, f"not a PNG or JPEG image (it starts with {head[:8]!r})")
+        if head.startswith(_NPY_MAGIC):
+            return _indexed(path, _as_digits(path, data.read_npy(path, source, _digits_header(path, max_images))))
+        if head[:2] == b"\0\0":
+            return _indexed(path, _as_digits(path, data.read_idx(source, _digits_header(path, max_images, idx=True))))
+        if path.suffix.lower() == ".csv" or head[:1].isdigit():
+            images, _ = data.read_csv(source, labelled=None)
+            if len(images) > max_images:
+                _too_many(path, len(images), max_images)
+            return images, [f"{path}:{line}" for line in range(1, len(images) + 1)]
+    raise InputError(path, f"unknown input format (it starts with {head[:8]!r}); expected a PNG or JPEG "
                            "image, a CSV file, an IDX file or a .npy array")
+
+
+def _too_many(path, count: int, left: int) -> None:
+    claim = f"{count:,} digits" + (f" with {left:,} left for all inputs together" if left < MAX_PREDICT_IMAGES else "")
+    raise InputError(path, data.over_cap(claim, MAX_PREDICT_IMAGES, "MAX_IMAGES"))
 
 
 def _indexed(path: Path, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -115,6 +141,8 @@ def _grayscale(image: Image.Image) -> np.ndarray:
         return np.asarray(image, np.float32) / 257.0
     if image.mode in ("I", "F"):
         gray = np.asarray(image, np.float32)
+        if not np.isfinite(gray).all():  # a floating-point TIFF can hold them: preprocess_image refuses them
+            return gray
         return gray * (255.0 / gray.max()) if gray.max() > 255 else gray
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
@@ -138,6 +166,8 @@ def preprocess_image(gray, invert: str = "auto") -> np.ndarray:
     gray = np.asarray(gray, np.float32)
     if gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"expected a 2-D grayscale picture. Received: shape={gray.shape}")
+    if not np.isfinite(gray).all():
+        raise ValueError("pixels include NaN or infinity")
     if invert not in INVERT_CHOICES:
         raise ValueError(f"invert must be one of {', '.join(INVERT_CHOICES)}. Received: {invert!r}")
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
@@ -168,63 +198,60 @@ def preprocess_image(gray, invert: str = "auto") -> np.ndarray:
 
 # --------------------------------------------------------------------------- arrays
 
-def _idx_digits(path: Path) -> np.ndarray:
-    array = data.read_idx(path)
-    if array.ndim == 1:
-        raise InputError(path, f"holds {array.shape[0]} single values (a label file?), expected images "
-                               "of shape (n, 28, 28)")
-    return _as_digits(path, array)
+_SHAPES = "expected (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784)"
 
 
-def _read_npy(path: Path, raw: bytes) -> np.ndarray:
-    """A ``.npy`` array, its header checked against the file size before anything is allocated."""
-    stream = io.BytesIO(raw)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version not in readers:
-            raise ValueError(f"unsupported format version {version[0]}.{version[1]}")
-        shape, fortran_order, dtype = readers[version](stream)
-    except Exception as err:  # noqa: BLE001 - NumPy parses an untrusted header: any failure means a bad file
-        detail = first_line(err)
-        raise InputError(path, f"not a valid .npy file ({detail})") from None
-    if dtype.kind not in "biuf":
-        raise InputError(path, f"holds {dtype} values, expected numeric pixels (Python objects are never read)")
-    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    actual = len(raw) - stream.tell()
-    if actual != expected:
-        raise InputError(path, f".npy header says {dtype} {shape} ({expected} bytes) but the file holds "
-                               f"{actual} data bytes")
-    array = np.frombuffer(raw, dtype=dtype, offset=stream.tell(), count=int(np.prod(shape, dtype=object)))
-    return array.reshape(shape, order="F" if fortran_order else "C")
+def _digits_header(path: Path, max_images: int, idx: bool = False):
+    """A header check (``shape``, ``dtype``) for arrays of digits, before their data is read."""
+    def check(shape, dtype):
+        shape = tuple(shape)
+        if idx and len(shape) == 1:
+            raise InputError(path, f"holds {shape[0]} single values (a label file?), expected images "
+                                   "of shape (n, 28, 28)")
+        if shape == data.IMAGE_SHAPE:
+            count = 1
+        elif (len(shape) == 3 and shape[1:] == data.IMAGE_SHAPE) or (len(shape) == 4 and shape[1:] == (28, 28, 1)) \
+                or (len(shape) == 2 and shape[1] == data.PIXELS):
+            count = shape[0]
+        else:
+            raise InputError(path, f"array of shape {shape}, {_SHAPES}")
+        if count == 0:
+            raise InputError(path, f"holds no images (shape {shape})")
+        if count > max_images:
+            _too_many(path, count, max_images)
+    return check
+
+
+_CONVERT_IMAGES = 65536  # float pixels are checked and converted this many digits at a time (about 400 MB)
 
 
 def _as_digits(path: Path, array: np.ndarray) -> np.ndarray:
     """Numeric pixels -> ``uint8 (28, 28)`` or ``(n, 28, 28)``.
 
     Accepted shapes: ``(28, 28)``, ``(n, 28, 28)``, ``(n, 28, 28, 1)``, ``(n, 784)``.
-    Integers must lie in 0-255; floats in 0-1 (the model's scaling) or 0-255.
+    Integers must lie in 0-255; floats in 0-1 (the model's scaling) or 0-255, and
+    finite. Floats are converted a block at a time, so a large array needs little more
+    memory than itself and its ``uint8`` result.
     """
-    shape = array.shape
-    if array.ndim >= 3 and shape[-1] == 1:
-        array = array[..., 0]
-    elif array.ndim == 2 and shape[1] == data.PIXELS:
-        array = array.reshape(-1, *data.IMAGE_SHAPE)
-    if array.ndim not in (2, 3) or array.shape[-2:] != data.IMAGE_SHAPE:
-        raise InputError(path, f"array of shape {shape}, expected (28, 28), (n, 28, 28), (n, 28, 28, 1) "
-                               "or (n, 784)")
-    if array.ndim == 3 and len(array) == 0:
-        raise InputError(path, "holds no images (shape (0, 28, 28))")
+    _digits_header(path, float("inf"))(array.shape, array.dtype)
+    single = array.shape == data.IMAGE_SHAPE
+    array = array.reshape(-1, *data.IMAGE_SHAPE)
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise InputError(path, "pixels include NaN or infinity")
-        if array.min() >= 0 and array.max() <= 1:
-            array = array * 255.0
-        array = np.round(array)
+        for start in range(0, len(array), _CONVERT_IMAGES):
+            if not np.isfinite(array[start:start + _CONVERT_IMAGES]).all():
+                raise InputError(path, "pixels include NaN or infinity")
     low, high = array.min(), array.max()
-    if low < 0 or high > 255:
+    scale = 255.0 if array.dtype.kind == "f" and low >= 0 and high <= 1 else 1.0
+    if np.round(low * scale) < 0 or np.round(high * scale) > 255:
         raise InputError(path, f"pixel values from {low} to {high}, outside 0-255")
-    return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        digits = np.empty(array.shape, np.uint8)
+        for start in range(0, len(array), _CONVERT_IMAGES):
+            block = array[start:start + _CONVERT_IMAGES]
+            digits[start:start + len(block)] = np.clip(np.round(block * scale), 0, 255)
+    else:
+        digits = array.astype(np.uint8, copy=False)
+    return digits[0] if single else digits
 
 
 # --------------------------------------------------------------------------- prediction
@@ -238,8 +265,16 @@ def check_classifier(model, subject) -> None:
 
 
 def predict_digits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
-    """``uint8 (n, 28, 28)`` digits -> ``float32 (n, 10)`` class probabilities, in batches."""
-    return np.asarray(model.predict(data.as_model_input(images), batch_size=batch_size, verbose=0))
+    """``uint8 (n, 28, 28)`` digits -> ``float32 (n, 10)`` class probabilities, in batches.
+
+    Each batch is converted to float32 on its own: the float copy of all the digits,
+    four times their size, is never made.
+    """
+    probabilities = np.empty((len(images), data.NUM_CLASSES), np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = data.as_model_input(images[start:start + batch_size])
+        probabilities[start:start + len(batch)] = np.asarray(model.predict_on_batch(batch))
+    return probabilities
 
 
 def format_predictions(names, probabilities: np.ndarray, as_json: bool = False) -> list[str]:

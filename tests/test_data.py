@@ -230,3 +230,30 @@ def test_limit_keeps_the_first_training_images(mnist):
     small = mnist.limit(10)
     assert len(small.x_train) == 10 and len(small.x_test) == 10000
     np.testing.assert_array_equal(small.y_train, mnist.y_train[:10])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=hnp.arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 30))), chunk=st.integers(1, 300),
+       crlf=st.booleans(), trailing=st.sampled_from(["", "\n", "\n\n\n"]))
+def test_csv_parses_the_same_whatever_its_chunks(table, chunk, crlf, trailing, monkeypatch):  # each example sets it
+    # Chunks are cut by bytes, at line ends: CRLF split across two chunks, blank lines at the end, any size.
+    text = (data.format_csv_rows(table) + trailing.encode())
+    if crlf:
+        text = text.replace(b"\n", b"\r\n")
+    monkeypatch.setattr(data, "CSV_CHUNK_BYTES", chunk)
+    np.testing.assert_array_equal(data.parse_csv_table("t.csv", text), table)
+
+
+def test_csv_lines_and_rows_are_capped(tmp_path, monkeypatch):
+    path = tmp_path / "rows.csv"
+    path.write_text(_row() + "\n" + "1" * (data.MAX_CSV_LINE_BYTES + 1) + "\n")
+    with pytest.raises(InputError, match="line 2 is 4,097 bytes long, more than the cap of 4,096"):
+        data.read_csv(path)
+    path.write_text((_row() + "\n") * 5)
+    monkeypatch.setattr(data, "MAX_IMAGES", 3)
+    with pytest.raises(InputError, match="more than 3 rows"):
+        data.read_csv(path)
+    monkeypatch.setattr(data, "CSV_CHUNK_BYTES", 100)
+    path.write_text(_row() + "\n\n" + _row() + "\n")
+    with pytest.raises(InputError, match="line 2: empty value"):
+        data.read_csv(path)
