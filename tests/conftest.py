@@ -108,6 +108,21 @@ def cli_peak_rss(*args, env=None, backend=BACKEND, timeout=900, cwd=None) -> tup
     return result, peak_kib / 1024
 
 
+def start_cli(*args, backend=BACKEND):
+    """Start ``mnist-mb ARGS`` in the background: ``(process, output, reader)``, where ``output``
+    collects its stdout and stderr as they come (bytes chunks) and ``reader`` is the collecting thread."""
+    import threading
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mnist_multibackend", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = []
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: process.stdout.read1(4096), b"")),
+                              daemon=True)
+    reader.start()
+    return process, output, reader
+
+
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit status 2, one line on stderr naming the problem, no traceback."""
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
@@ -116,6 +131,12 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+# Generator states of the right form, for hand-made checkpoints: checkpoint.read_state validates
+# them before any training.
+RANDOM_STATE = {"python": [3, [0] * 624 + [624], None], "numpy": ["MT19937", [0] * 624, 624, 0, 0.0],
+                "seed_generators": []}
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_clean_error, cli_peak_rss
+from conftest import RANDOM_STATE, assert_clean_error, cli_peak_rss
 from mnist_multibackend import checkpoint, data, predict, report
 from mnist_multibackend.errors import InputError
 
@@ -111,9 +111,6 @@ GOOD_FOLDER = {"data/train-images-idx3-ubyte.gz": gzip.compress(IMAGES), "data/t
                "data/t10k-images-idx3-ubyte": IMAGES, "data/t10k-labels-idx1-ubyte": LABELS}
 FOLDER = None  # a value in Case.files: make a directory
 MODEL = "{model}"  # a value in Case.files: a copy of a real trained model
-# Generator states of the right form: checkpoint.read_state validates them before any training.
-RANDOM_STATE = {"python": [3, [0] * 624 + [624], None], "numpy": ["MT19937", [0] * 624, 624, 0, 0.0],
-                "seed_generators": []}
 CHECKPOINT = {"epoch": 1, "weights": "epoch-0001.weights.h5", "settings": {"epochs": 5}, "history": {"loss": [1.0]},
               "epoch_seconds": [1.0], "random": RANDOM_STATE}
 TRAIN = ("train", "--data", "{mnist}", "--limit", "64", "--epochs", "1", "--out", "{tmp}/run")

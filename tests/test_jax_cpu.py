@@ -83,7 +83,8 @@ def test_outputs_and_gradients_equal_the_plain_model(images):
     model = _sped_up()
     twin = _plain_twin(model)
     # One state for both: the same weights, batch statistics and dropout seed.
-    state = ([np.array(v) for v in model.trainable_variables], [np.array(v) for v in model.non_trainable_variables])
+    numpy = keras.ops.convert_to_numpy  # np.array(variable) would go through Keras's __array__, deprecated by NumPy 2
+    state = ([numpy(v) for v in model.trainable_variables], [numpy(v) for v in model.non_trainable_variables])
 
     def loss(trainable, network):
         probabilities, _ = network.stateless_call(trainable, state[1], x, training=True)

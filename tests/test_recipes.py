@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BACKEND, assert_clean_error, cli
+from conftest import BACKEND, RANDOM_STATE, assert_clean_error, cli
 from mnist_multibackend import recipes
 from mnist_multibackend.errors import InputError
 from mnist_multibackend.model import build_model, compile_model, load_saved_model
@@ -144,7 +144,7 @@ def test_a_resumed_run_must_keep_its_recipe(tmp_path, mnist_dir):
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     state = {"epoch": 1, "weights": "epoch-0001.weights.h5", "history": {"loss": [1.0]}, "epoch_seconds": [1.0],
-             "random": {}, "settings": {"recipe": "fast", "epochs": 2}}  # what an interrupted fast run leaves
+             "random": RANDOM_STATE, "settings": {"recipe": "fast", "epochs": 2}}  # what an interrupted fast run leaves
     (checkpoint / "checkpoint.json").write_text(json.dumps(state))
     (checkpoint / "epoch-0001.weights.h5").write_bytes(b"")  # refused before it is read
     resumed = cli("train", "--data", mnist_dir, "--recipe", "original", "--epochs", 2, "--limit", 256,

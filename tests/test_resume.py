@@ -2,18 +2,14 @@
 
 import csv
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import BACKEND, cli
+from conftest import cli, start_cli
 from mnist_multibackend import report
 
 EPOCHS, BATCH, LIMIT = 3, 32, 1024
@@ -25,13 +21,7 @@ TRAIN = ("train", "--epochs", EPOCHS, "--batch-size", BATCH, "--limit", LIMIT, "
 
 def _kill_in_epoch_2(args, timeout=600) -> str:
     """Run ``mnist-mb ARGS`` and SIGKILL it once its progress bar shows a step inside epoch 2."""
-    env = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "mnist_multibackend", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    output = []
-    reader = threading.Thread(target=lambda: output.extend(iter(lambda: process.stdout.read1(4096), b"")),
-                              daemon=True)
-    reader.start()
+    process, output, reader = start_cli(*args)
     def inside_epoch_2() -> bool:  # the progress bar shows step N/STEPS with 0 < N < STEPS
         text = b"".join(output).decode(errors="replace").partition(f"Epoch 2/{EPOCHS}")[2]
         return any(0 < int(step) < STEPS for step in re.findall(rf"(\d+)/{STEPS}\b", text))

@@ -5,16 +5,12 @@ checkpoint) are rows of tests/test_bad_input.py; here is the behaviour that is n
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from conftest import BACKEND, cli
+from conftest import BACKEND, cli, start_cli
 from mnist_multibackend import atomic
 
 TINY = ("--limit", "64", "--epochs", "1")
@@ -66,13 +62,7 @@ def test_the_checkpoint_deletes_only_what_it_wrote(tmp_path, mnist_dir):
 
 def _train_and_signal(args, signum, wait_for: bytes, timeout=600):
     """Start ``mnist-mb ARGS``, send ``signum`` once its output shows ``wait_for``; (output, exit code, seconds)."""
-    env = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "mnist_multibackend", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    output = []
-    reader = threading.Thread(target=lambda: output.extend(iter(lambda: process.stdout.read1(4096), b"")),
-                              daemon=True)
-    reader.start()
+    process, output, reader = start_cli(*args)
     deadline = time.monotonic() + timeout
     try:
         while wait_for not in b"".join(output):
