@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import RANDOM_STATE, assert_clean_error, cli_peak_rss
+from conftest import RANDOM_STATE, SHARED, assert_clean_error, cli_peak_rss, missing
 from mnist_multibackend import checkpoint, data, predict, report
 from mnist_multibackend.errors import InputError
 
@@ -770,3 +770,123 @@ def test_an_external_dataset_is_refused_before_its_file_is_read(tmp_path):
             load()
         assert SECRET.decode() not in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "secret.txt"]
+
+
+# ---------------------------------------------------------------- fuzzing the Keras 2 readers
+
+SEED_FILES = SHARED / "data" / "keras2-seed"
+
+
+def _h5_mutations():
+    """One change to the original full-model .h5, as a function of an open h5py file: the kinds of damage
+    and trickery a stranger's file can carry, at the HDF5 level rather than as random bytes (which the
+    HDF5 library itself must parse)."""
+    import h5py
+
+    def weight_paths(f):
+        paths = []
+        f["model_weights"].visititems(lambda name, obj: paths.append("model_weights/" + name)
+                                      if isinstance(obj, h5py.Dataset) else None)
+        f["optimizer_weights"].visititems(lambda name, obj: paths.append("optimizer_weights/" + name)
+                                          if isinstance(obj, h5py.Dataset) else None)
+        return sorted(paths)
+
+    def reshape(index, shape, dtype):
+        def change(f):
+            path = weight_paths(f)[index % len(weight_paths(f))]
+            del f[path]
+            f.create_dataset(path, shape=shape, dtype=dtype)
+        return change
+
+    def drop(index):
+        def change(f):
+            del f[weight_paths(f)[index % len(weight_paths(f))]]
+        return change
+
+    def link(index, kind):
+        def change(f):
+            path = weight_paths(f)[index % len(weight_paths(f))]
+            del f[path]
+            f[path] = h5py.SoftLink("/model_weights") if kind == "soft" else h5py.ExternalLink("/etc/hostname", "/")
+        return change
+
+    def attribute(name, value):
+        def change(f):
+            group = f if name in ("model_config", "training_config", "keras_version", "backend") else \
+                f["model_weights/fc1"]
+            group.attrs[name] = value
+        return change
+
+    shapes = st.lists(st.sampled_from([0, 1, 3, 32, 256, 2**20]), max_size=4).map(tuple)
+    dtypes = st.sampled_from(["f4", "f8", "i4", "u1", "S4"])
+    configs = st.sampled_from(['{"class_name": "Model"}', "not json", '{"class_name": "Sequential", "config": []}',
+                               '{"class_name": "Lambda", "config": {}}', "[]", "null", '"x" ' * 100])
+    return st.one_of(
+        st.builds(reshape, st.integers(0, 200), shapes, dtypes),
+        st.builds(drop, st.integers(0, 200)),
+        st.builds(link, st.integers(0, 200), st.sampled_from(["soft", "external"])),
+        st.builds(attribute, st.just("model_config"), configs),
+        st.builds(attribute, st.just("training_config"), configs),
+        st.builds(attribute, st.just("weight_names"), st.lists(st.binary(max_size=20), max_size=5)),
+        st.builds(attribute, st.just("layer_names"), st.lists(st.sampled_from([b"fc1", b"nope", b""]), max_size=3)),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(_h5_mutations(), min_size=1, max_size=3))
+def test_mutated_keras2_h5_files_load_or_are_refused_cleanly(tmp_path, changes):
+    import h5py
+
+    from mnist_multibackend import legacy
+
+    source = SEED_FILES / "MNIST_keras_CNN.h5"
+    if not source.is_file():
+        missing(f"the original Keras 2 files are not at {SEED_FILES}")
+    path = tmp_path / "model.h5"
+    shutil.copy(source, path)
+    with h5py.File(path, "r+") as f:
+        for change in changes:
+            try:
+                change(f)
+            except (KeyError, ValueError, TypeError, OSError):  # a change the file's present form does not allow
+                pass
+    model = _read_clean(path, legacy.load_legacy_h5)
+    assert model is None or model.count_params() > 0
+
+
+def _yaml_mutations():
+    text = (SEED_FILES / "MNIST_keras_CNN.yaml").read_text() if (SEED_FILES / "MNIST_keras_CNN.yaml").is_file() else ""
+    lines = text.splitlines(keepends=True) or ["class_name: Model\n"]
+
+    @st.composite
+    def mutated(draw):
+        out = list(lines)
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(out)))
+            how = draw(st.sampled_from(["delete", "duplicate", "replace", "insert"]))
+            if how == "delete" and at < len(out):
+                del out[at]
+            elif how == "duplicate" and at < len(out):
+                out.insert(at, out[at])
+            elif how == "replace" and at < len(out):
+                indent = out[at][:len(out[at]) - len(out[at].lstrip())]
+                out[at] = indent + draw(st.sampled_from([
+                    "units: 250000\n", "class_name: Lambda\n", "- !!python/object/apply:os.system ['true']\n",
+                    "filters: -3\n", "kernel_size: !!python/tuple [99999, 99999]\n", "&a [*a]\n",
+                    "rate: .nan\n", "name: null\n", "config: {}\n"]))
+            elif how == "insert":
+                out.insert(at, draw(st.text(max_size=30)) + "\n")
+        return "".join(out)
+
+    return mutated()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_yaml_mutations())
+def test_mutated_keras2_yaml_builds_or_is_refused_cleanly(tmp_path, text):
+    from mnist_multibackend import legacy
+
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    model = _read_clean(path, legacy.load_yaml_file)
+    assert model is None or model.count_params() > 0

@@ -131,7 +131,10 @@ Keras2YamlLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_pyth
 
 def parse_keras2_yaml(text: str, source="YAML"):
     """Parse ``to_yaml()`` output of any Keras 2 release into plain dicts, lists, tuples and scalars."""
-    loader = Keras2YamlLoader(text)
+    try:
+        loader = Keras2YamlLoader(text)  # its reader already refuses characters YAML does not allow
+    except yaml.YAMLError as err:
+        raise InputError(source, f"not valid YAML ({' '.join(str(err).split())[:300]})") from None
     try:
         return loader.get_single_data()
     except RefusedYamlTag as err:
