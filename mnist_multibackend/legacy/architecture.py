@@ -14,6 +14,7 @@ import keras
 import yaml
 
 from .. import keras_private
+from . import recurrent
 from ..errors import InputError, first_line
 from .safety import BUILTIN_CLASSES, check_config_classes, parse_keras2_yaml
 from .weights import KERNEL_CONVENTION
@@ -46,7 +47,7 @@ def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
         return [{**layer, **_keras3_model_config(layer, source)}]
     if not isinstance(layer.get("config"), dict):
         raise InputError(source, f"layer entry {str(layer)[:120]} has no config mapping")
-    config = dict(layer["config"])
+    layer["class_name"], config = recurrent.keras3_layer(class_name, dict(layer["config"]))
     name = config.get("name", layer.get("name"))
     for option, neutral in KERAS2_ONLY_OPTIONS.items():
         if option in config and (neutral is ANY or config[option] == neutral):

@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from ..errors import InputError, first_line
+from .recurrent import CUDNN_EQUIVALENTS
 
 # ---------------------------------------------------------------------------
 # Which classes a file may name
@@ -85,7 +86,7 @@ def check_config_classes(config, source) -> None:
 
 def _check_class(node: dict, where: str, source) -> None:
     name = node["class_name"]
-    if not isinstance(name, str) or (name not in BUILTIN_CLASSES and name not in CONFIG_MARKERS):
+    if not isinstance(name, str) or name not in BUILTIN_CLASSES | CONFIG_MARKERS | CUDNN_EQUIVALENTS.keys():
         raise InputError(source, f"{where} names class {name!r}, which is not one of Keras's built-in classes; "
                                  "only those load (no Lambda, custom objects or code)")
     module = node.get("module")

@@ -6,6 +6,8 @@ whole of a weights-only file (``model.save_weights`` in Keras 2).
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import keras
 import numpy as np
@@ -15,15 +17,14 @@ import numpy as np
 # Keras 2 weight groups, which reads each array before comparing its shape with the model's.
 from .. import keras_private
 from ..atomic import atomic_path
-from ..errors import InputError
-from .safety import get_dataset, get_group, open_h5, read_array, read_names
+from ..errors import InputError, first_line
+from . import recurrent
+from .safety import get_dataset, get_group, open_h5, read_array, read_names, read_text_attribute
 
 # Keras 2 readers take this attribute as the convolution-kernel convention of the
 # weights (they flip kernels saved by Theano). Keras 3 kernels follow TensorFlow's
 # convention on every backend, so a file written on JAX says "tensorflow" too.
 KERNEL_CONVENTION = "tensorflow"
-CONV_LAYERS = frozenset({"Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv3DTranspose", "ConvLSTM2D",
-                         "SeparableConv1D", "SeparableConv2D", "DepthwiseConv2D"})
 
 
 def _keras2_weights(layer) -> list:
@@ -56,46 +57,142 @@ def write_weights_group(group: h5py.Group, model: keras.Model) -> None:
 def read_weights_group(group: h5py.Group, model: keras.Model, source) -> None:
     """Assign a Keras 2 weights group to ``model``, layer by layer in order (as Keras 2 loaded it).
 
-    Every count (layers, weights per layer) and every array's shape and dtype
-    is checked against the model before any array is read; nothing is assigned
-    unless all of them fit.
+    Layers and their weights are matched by position, never by name, as
+    Keras 2 did: a group's inner names may be another model's
+    (``dense_1/dense_1_1/kernel:0`` after a rename). Every count (layers,
+    weights per layer) and every array's shape and dtype is checked against
+    the model before any array is read; nothing is assigned unless all of
+    them fit. Keras 2's dialects are converted as Keras 2 converted them on
+    load: cuDNN recurrent weights, and convolution kernels saved by Theano.
+    A ``Sequential`` saved without an input shape is built first from the
+    shape of its first weights.
     """
-    backend = group.attrs.get("backend", b"")
-    backend = backend.decode("utf8") if hasattr(backend, "decode") else str(backend)
-    if backend == "theano" and any(type(layer).__name__ in CONV_LAYERS and layer.weights for layer in model.layers):
-        raise InputError(source, "saved with the Theano backend, whose convolution kernels are flipped; "
-                                 "convert it with Keras 2 first")
+    theano = _saved_by_theano(group, source)
     layer_names = read_names(group, "layer_names", source)
     if not layer_names:
         raise InputError(source, "no 'layer_names' attribute: not a Keras 2 weights file")
-    saved = []  # (layer name in the file, its group, its weight names), for the layers that have weights
+    saved = []  # (layer name in the file, its datasets' metadata), for the layers that have weights
     for name in layer_names:
         layer_group = get_group(group, name, source, "layer_names")
         weight_names = read_names(layer_group, "weight_names", source)
         if weight_names:
-            saved.append((name, layer_group, weight_names))
+            saved.append((name, [(f"{name}/{weight_name}",
+                                  get_dataset(layer_group, weight_name, source, f"layer {name!r}"))
+                                 for weight_name in weight_names]))
+    if not model.built:
+        _build_from_weights(model, saved, source)
     layers = [layer for layer in model.layers if _keras2_weights(layer)]
     if len(saved) != len(layers):
         raise InputError(source, f"weights do not fit the model (the file holds weights for {len(saved)} layers, "
                                  f"the model has {len(layers)} layers with weights)")
     plan = []
-    for (name, layer_group, weight_names), layer in zip(saved, layers):
+    for (name, datasets), layer in zip(saved, layers):
         weights = _keras2_weights(layer)
-        if len(weight_names) != len(weights):
-            raise InputError(source, f"weights do not fit the model (layer {name!r} holds {len(weight_names)} "
+        if len(datasets) != len(weights):
+            raise InputError(source, f"weights do not fit the model (layer {name!r} holds {len(datasets)} "
                                      f"arrays; the model's layer {layer.name!r} has {len(weights)} weights)")
-        for weight_name, weight in zip(weight_names, weights):
-            dataset = get_dataset(layer_group, weight_name, source, f"layer {name!r}")
-            if tuple(dataset.shape) != tuple(weight.shape):
-                raise InputError(source, f"weights do not fit the model ({name}/{weight_name} has shape "
-                                         f"{tuple(dataset.shape)}; {weight.path} has {tuple(weight.shape)})")
-            plan.append((dataset, weight, f"{name}/{weight_name}"))
+        shapes = [tuple(dataset.shape) for _, dataset in datasets]
+        convert = _conversion(layer, shapes, theano)
+        if convert is None:
+            (what, dataset), weight = next(((d, w) for d, w in zip(datasets, weights)
+                                            if tuple(d[1].shape) != tuple(w.shape)), (datasets[0], weights[0]))
+            raise InputError(source, f"weights do not fit the model ({what} has shape {tuple(dataset.shape)}; "
+                                     f"{weight.path} has {tuple(weight.shape)})")
+        plan.append((datasets, convert, weights))
     extra = group.get("top_level_model_weights")
     if isinstance(extra, h5py.Group) and read_names(extra, "weight_names", source):
         raise InputError(source, "holds weights of the model itself outside its layers, which a model built "
                                  "from a Keras 2 config does not have")
-    for dataset, weight, what in plan:
-        weight.assign(read_array(dataset, weight.shape, source, what))
+    for datasets, convert, weights in plan:
+        arrays = convert([read_array(dataset, dataset.shape, source, what) for what, dataset in datasets])
+        for array, weight in zip(arrays, weights):
+            weight.assign(array)
+
+
+def _saved_by_theano(group: h5py.Group, source) -> bool:
+    # Keras 2 wrote its backend on every weights group (the file's root, or model_weights) and read it there.
+    return "backend" in group.attrs and read_text_attribute(group, "backend", source, limit=100) == "theano"
+
+
+# Theano convolved where TensorFlow correlates, so Keras 2 reversed the spatial axes of these layers' kernels
+# (and ConvLSTM2D's recurrent kernel) saved by Theano: Keras 2.1 engine/topology.py
+# preprocess_weights_for_loading, conv_utils.convert_kernel. Keras 3 correlates on every backend.
+THEANO_FLIPPED_LAYERS = {"Conv1D": 1, "Conv2D": 1, "Conv3D": 1, "Conv2DTranspose": 1, "ConvLSTM2D": 2}
+
+
+def convert_kernel(kernel: np.ndarray) -> np.ndarray:
+    """A convolution kernel ``(*spatial, in, out)`` of Theano as TensorFlow's, and back: spatial axes reversed."""
+    return np.ascontiguousarray(kernel[(slice(None, None, -1),) * (kernel.ndim - 2)])
+
+
+def _conversion(layer, shapes: list, theano: bool):
+    """The function from the arrays a Keras 2 file holds for ``layer`` (of ``shapes``) to its weights,
+    or ``None`` if they do not fit it."""
+    kind = type(layer).__name__
+    if kind == "Bidirectional":  # the forward layer's arrays, then the backward layer's
+        half = len(shapes) // 2
+        forward = _conversion(layer.forward_layer, shapes[:half], theano)
+        backward = _conversion(layer.backward_layer, shapes[half:], theano)
+        if forward is None or backward is None:
+            return None
+        return lambda arrays: forward(arrays[:half]) + backward(arrays[half:])
+    if kind == "TimeDistributed":
+        return _conversion(layer.layer, shapes, theano)
+    if shapes == [tuple(w.shape) for w in _keras2_weights(layer)]:
+        convert = list
+    elif shapes == recurrent.cudnn_shapes(layer):
+        convert = lambda arrays: recurrent.from_cudnn(layer, *arrays)  # noqa: E731
+    else:
+        return None
+    flipped = THEANO_FLIPPED_LAYERS.get(kind, 0) if theano else 0
+    return lambda arrays: [convert_kernel(a) for a in arrays[:flipped]] + convert(arrays[flipped:])
+
+
+def _build_from_weights(model: keras.Model, saved: list, source) -> None:
+    """Build a ``Sequential`` that Keras 2 built lazily (no input shape saved) from its first weights' shape."""
+    first = model.layers[0] if model.layers else None
+    kernel_shape = tuple(saved[0][1][0][1].shape) if saved and saved[0][1] else None
+    input_shape = _input_shape(first, kernel_shape) if first is not None and kernel_shape else None
+    hint = ("give it in the first layer's config (batch_input_shape) or build the model "
+            "(model.build(input_shape)) before loading its weights")
+    if input_shape is None:
+        raise InputError(source, f"the model has no input shape and its weights do not tell it; {hint}")
+
+    def build():
+        clone = keras.Sequential.from_config(model.get_config())
+        clone.build(input_shape)
+        return clone
+
+    try:
+        # The weights bound what the model may allocate: a layer of the model holds at most what the file does.
+        parameters = keras_private.count_unallocated_parameters(build)
+        if parameters > sum(math.prod(dataset.shape) for _, datasets in saved for _, dataset in datasets):
+            raise InputError(source, f"weights do not fit the model (built for input {input_shape}, it has "
+                                     f"{parameters:,} parameters, more than the file holds)")
+        model.build(input_shape)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever Keras raises for a shape the layers do not take
+        raise InputError(source, f"the model has no input shape and building it for {input_shape}, as its "
+                                 f"weights suggest, failed ({first_line(err, limit=200)}); {hint}") from None
+
+
+def _input_shape(layer, kernel_shape: tuple) -> tuple | None:
+    """The input shape that the first layer's first weights (of ``kernel_shape``) imply, or ``None``."""
+    if type(layer).__name__ == "Bidirectional":
+        layer = layer.forward_layer
+    kind = type(layer).__name__
+    if kind == "Embedding":
+        return (None, None)
+    if kind == "Dense":
+        return (None, kernel_shape[0])
+    if kind in ("SimpleRNN", "LSTM", "GRU"):
+        return (None, None, kernel_shape[0])
+    if kind in ("Conv1D", "Conv2D", "Conv3D") and len(kernel_shape) >= 3:
+        # A kernel says the input's channels only; any size of the other axes fits.
+        spatial, channels = (None,) * (len(kernel_shape) - 2), kernel_shape[-2]
+        return (None, channels, *spatial) if layer.data_format == "channels_first" else (None, *spatial, channels)
+    return None
 
 
 def save_weights_h5(model: keras.Model, path) -> None:
