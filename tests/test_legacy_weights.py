@@ -110,7 +110,8 @@ def drop_input_shape(config) -> None:
 
 
 LAZY_MODELS = {
-    "dense": (lambda L: [L.Dense(6, activation="relu", name="d0"), L.Dense(2, name="d1")], (784,)),
+    "dense": (lambda L: [L.Dense(6, activation="relu", name="d0"), L.Dropout(0.5, name="dropout"),
+                         L.BatchNormalization(name="bn"), L.Dense(2, name="d1")], (784,)),
     "conv": (lambda L: [L.Conv2D(3, 3, name="c"), L.GlobalMaxPooling2D(name="g"), L.Dense(2, name="d")], (7, 7, 2)),
     "embedding": (lambda L: [L.Embedding(10, 4, name="e"),
                              L.LSTM(3, recurrent_activation="sigmoid", name="r")], (5,)),
@@ -174,6 +175,37 @@ def test_convolution_kernels_saved_by_theano_are_flipped_as_keras_2_did(tf_keras
     with h5py.File(path, "r") as f:  # the forged kernels differ from tf_keras's
         assert not np.allclose(weight_groups(f)["conv2d/conv2d/kernel:0"], model.get_layer("conv2d").kernel)
     assert_outputs(load(), x, model.predict(x, verbose=0), tmp_path)
+
+
+@pytest.mark.jax
+def test_a_channels_first_theano_model_keeps_its_layout(tf_keras, tmp_path):
+    """Keras 2.0-2.1 on Theano, whose default image_data_format was channels_first: the model loads as it was
+    (input (N, C, H, W)) with its kernels flipped. TensorFlow's CPU kernels take NHWC only (neither tf_keras
+    nor Keras 3 run it on TensorFlow's CPU), so the reference is tf_keras's channels_last twin of the model,
+    its Dense rows permuted by tf_keras's own ``convert_dense_weights_data_format``, run on NHWC inputs."""
+    from tf_keras.src.utils.layer_utils import convert_dense_weights_data_format
+    L = tf_keras.layers
+
+    def build(data_format, shape):
+        return tf_keras.Sequential([
+            tf_keras.Input(shape), L.Conv2D(3, (3, 2), data_format=data_format, name="conv2d"),
+            L.BatchNormalization(axis=1 if data_format == "channels_first" else -1, name="batch_normalization"),
+            L.MaxPooling2D(data_format=data_format, name="max_pooling2d"), L.Flatten(name="flatten"),
+            L.Dense(2, name="dense")])
+
+    theirs = build("channels_first", (1, 8, 8))
+    theirs.set_weights([RNG.uniform(0.5, 1.5, size=w.shape) for w in theirs.get_weights()])
+    theirs.save(tmp_path / "theano.h5")
+    as_saved_by_theano(tmp_path / "theano.h5")
+    twin = build("channels_last", (8, 8, 1))
+    twin.set_weights(theirs.get_weights())
+    convert_dense_weights_data_format(twin.get_layer("dense"), twin.get_layer("max_pooling2d").output_shape[1:],
+                                      target_data_format="channels_last")
+    x = inputs(1, 8, 8)
+    expected = twin.predict(x.transpose(0, 2, 3, 1), verbose=0)
+    ours = legacy.load_legacy_h5(tmp_path / "theano.h5", compile=False)
+    assert ours.input_shape == (None, 1, 8, 8)
+    assert_outputs(ours, x, expected, tmp_path)
 
 
 # --- 4. CuDNNLSTM and CuDNNGRU --------------------------------------------------------------------------

@@ -28,9 +28,9 @@ CUDNN_OPTIONS = {
     "CuDNNGRU": {"activation": "tanh", "recurrent_activation": "sigmoid", "reset_after": True},
 }
 GATES = {"LSTM": 4, "GRU": 3}
-# Keras 2 options that only chose an implementation, dropped at these values (architecture.py drops them from
-# top-level layers too; a Bidirectional's inner layers are converted only here).
-IMPLEMENTATION_OPTIONS = {"implementation": None, "time_major": False}
+# Keras 2 options of recurrent layers that only chose an implementation (any "implementation"; time_major only
+# when False). architecture.py drops them from top-level layers too; a Bidirectional's inner layers only here.
+IMPLEMENTATION_ONLY = {"implementation": lambda value: True, "time_major": lambda value: value is False}
 
 
 def keras3_layer(class_name, config: dict) -> tuple:
@@ -49,8 +49,7 @@ def keras3_layer(class_name, config: dict) -> tuple:
     elif class_name == "GRU" and "reset_after" not in config:
         config = {**config, "reset_after": False}
     if class_name in ("SimpleRNN", "LSTM", "GRU"):
-        config = {k: v for k, v in config.items()
-                  if k not in IMPLEMENTATION_OPTIONS or IMPLEMENTATION_OPTIONS[k] not in (None, v)}
+        config = {k: v for k, v in config.items() if not (k in IMPLEMENTATION_ONLY and IMPLEMENTATION_ONLY[k](v))}
     return class_name, config
 
 

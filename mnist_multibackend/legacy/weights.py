@@ -2,6 +2,15 @@
 
 The same layout is the ``model_weights`` group of a full-model file and the
 whole of a weights-only file (``model.save_weights`` in Keras 2).
+
+Weights saved by Theano: convolution kernels are flipped as Keras 2 did. A
+channels_first model (Theano's default ``image_data_format``) keeps its
+layout, so it takes the same inputs as in the file: Keras 3 runs it on JAX,
+and on TensorFlow with a GPU, but TensorFlow's CPU kernels take NHWC only
+(Keras 2's TensorFlow backend transposed around them; Keras 3's and tf_keras's
+do not). Converting it to channels_last instead would change its inputs and
+its config (data formats, BatchNormalization axes, the Dense after Flatten),
+which this module, run after the model is built, cannot.
 """
 
 from __future__ import annotations
@@ -94,8 +103,9 @@ def read_weights_group(group: h5py.Group, model: keras.Model, source) -> None:
         shapes = [tuple(dataset.shape) for _, dataset in datasets]
         convert = _conversion(layer, shapes, theano)
         if convert is None:
-            (what, dataset), weight = next(((d, w) for d, w in zip(datasets, weights)
-                                            if tuple(d[1].shape) != tuple(w.shape)), (datasets[0], weights[0]))
+            misfits = [(what, dataset, weight) for (what, dataset), weight in zip(datasets, weights)
+                       if tuple(dataset.shape) != tuple(weight.shape)]
+            what, dataset, weight = (misfits or [(*datasets[0], weights[0])])[0]
             raise InputError(source, f"weights do not fit the model ({what} has shape {tuple(dataset.shape)}; "
                                      f"{weight.path} has {tuple(weight.shape)})")
         plan.append((datasets, convert, weights))
