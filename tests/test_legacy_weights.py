@@ -183,7 +183,7 @@ def test_a_channels_first_theano_model_keeps_its_layout(tf_keras, tmp_path):
     (input (N, C, H, W)) with its kernels flipped. TensorFlow's CPU kernels take NHWC only (neither tf_keras
     nor Keras 3 run it on TensorFlow's CPU), so the reference is tf_keras's channels_last twin of the model,
     its Dense rows permuted by tf_keras's own ``convert_dense_weights_data_format``, run on NHWC inputs."""
-    from tf_keras.src.utils.layer_utils import convert_dense_weights_data_format
+    from tf_keras.src.utils.layer_utils import convert_dense_weights_data_format  # Keras 2's, not exported
     L = tf_keras.layers
 
     def build(data_format, shape):
@@ -211,6 +211,7 @@ def test_a_channels_first_theano_model_keeps_its_layout(tf_keras, tmp_path):
 # --- 4. CuDNNLSTM and CuDNNGRU --------------------------------------------------------------------------
 
 def cudnn_layers():
+    """tf_keras's CuDNNLSTM and CuDNNGRU, which it exports only in its TF1 API (``tf_keras.api._v1``)."""
     from tf_keras.src.layers.rnn.cudnn_gru import CuDNNGRU
     from tf_keras.src.layers.rnn.cudnn_lstm import CuDNNLSTM
     return CuDNNLSTM, CuDNNGRU
