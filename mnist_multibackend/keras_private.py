@@ -297,7 +297,7 @@ def _check_adam_slots() -> None:
 
 def _check_optimizer_slots() -> None:
     variables = [keras.Variable(np.zeros((2, 3)), name="a"), keras.Variable(np.zeros(4), name="b")]
-    every_option = {"SGD": {"momentum": 0.5}, "RMSprop": {"momentum": 0.5, "centered": True}}
+    every_option = {"SGD": {"momentum": 0.5}, "RMSprop": {"momentum": 0.5, "centered": True}, "Adam": {"amsgrad": True}}
     for name, slots in _OPTIMIZER_SLOTS.items():
         optimizer = getattr(keras.optimizers, name)(**every_option.get(name, {}))
         optimizer.build(variables)

@@ -85,6 +85,7 @@ def weights_by_name(model) -> dict:
 
 
 def train(model, batches):
+    model.run_eagerly = True  # a few steps of a tiny model: tracing would take most of the time
     for x, y in batches:
         model.train_on_batch(x, y)
 
@@ -105,12 +106,11 @@ def reference(tf_keras, tmp_path_factory):
             tf_keras.utils.set_random_seed(0)
             model = tf_keras_model(tf_keras)
             model.compile(optimizer=getattr(tf_keras.optimizers.legacy, name)(**arguments),
-                          loss="categorical_crossentropy", metrics=["accuracy"], run_eagerly=True)
+                          loss="categorical_crossentropy", metrics=["accuracy"])
             train(model, BATCHES[:SAVED_STEPS])
             path = tmp_path_factory.mktemp(case) / f"{case}.h5"
             model.save(path)
             theirs = tf_keras.models.load_model(path)
-            theirs.run_eagerly = True
             train(theirs, BATCHES[SAVED_STEPS:SAVED_STEPS + MORE_STEPS])
             built[case] = Reference(path, [np.asarray(w) for w in model.optimizer.get_weights()],
                                     model.optimizer.get_config(), weights_by_name(theirs))
@@ -208,7 +208,6 @@ def test_what_we_write_tf_keras_loads_with_the_state_and_continues_alike(case, r
         if option in ref.config:
             assert theirs.optimizer.get_config()[option] == pytest.approx(ref.config[option]), option
     assert_state_equal([np.asarray(w) for w in theirs.optimizer.get_weights()], keras2_state(ours, case))
-    theirs.run_eagerly = True
     train(theirs, BATCHES[-1:])
     train(ours, BATCHES[-1:])
     assert_weights_close(weights_by_name(ours), weights_by_name(theirs))
@@ -274,7 +273,7 @@ DIALECTS = {
     # Keras 2.2.3+ named it per session: iterations_4:0 in a second model of the same session
     "keras_2_2_sgd_numbered_iterations": ("sgd_momentum", dict(iterations="iterations_4:0")),
     # Keras 2.0-2.2.2's Nadam saved no m_schedule: it is the product of the schedule over the steps taken
-    "keras_2_1_nadam_no_schedule": ("nadam", dict()),
+    "keras_2_1_nadam_no_schedule": ("nadam", dict(schedule=False)),
     "keras_2_3_nadam_with_schedule": ("nadam", dict(schedule=True)),
     # Keras 2.1.3-2.2's Adam kept (1,) placeholders for amsgrad's maxima when amsgrad was off
     "keras_2_1_3_adam_placeholders": ("adam", dict(placeholders=True)),
@@ -287,9 +286,8 @@ DIALECTS = {
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_older_dialects_load_the_same_state(dialect, reference, tmp_path):
+    """Each dialect (the Keras release that wrote it is in DIALECTS) gives the state tf_keras's file holds."""
     case, how = DIALECTS[dialect]
-    if dialect == "keras_2_1_nadam_no_schedule":
-        how = dict(schedule=False)
     ref = reference(case)
     ours = legacy.load_legacy_h5(forge(ref.path, tmp_path / "forged.h5", case, **how))
     state = keras2_state(ours, case)
@@ -353,7 +351,27 @@ def test_custom_metrics_are_left_out_with_one_notice(reference, tmp_path, capfd)
     capfd.readouterr()
     model = legacy.load_legacy_h5(path)
     lines = capfd.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{path}: ") and "'fmeasure'" in lines[0] and "'MyRecall'" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: ")
+    assert "'fmeasure'" in lines[0] and "'MyRecall'" in lines[0]
     assert int(model.optimizer.iterations) == SAVED_STEPS
     logs = model.train_on_batch(*BATCHES[0], return_dict=True)
     assert "accuracy" in logs and "fmeasure" not in logs
+
+
+@pytest.mark.parametrize("name, arguments", [("RMSprop", dict(learning_rate=0.01, momentum=0.5, epsilon=1e-3)),
+                                             ("Adagrad", dict(learning_rate=0.05, epsilon=1e-2)),
+                                             ("Nadam", dict(learning_rate=0.01, epsilon=1e-4))])
+def test_newer_tf_keras_optimizers_load_as_keras_3s_own(name, arguments, tf_keras, tmp_path):
+    """tf.keras 2.11+'s newer optimizers (``is_legacy_optimizer: false``, slots named ``RMSprop/velocity/...``)
+    take Keras 3's steps, so they load as Keras 3's own optimizers and continue as tf_keras does."""
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras_model(tf_keras)
+    model.compile(optimizer=getattr(tf_keras.optimizers, name)(**arguments), loss="categorical_crossentropy")
+    train(model, BATCHES[:SAVED_STEPS])
+    model.save(tmp_path / "newer.h5")
+    ours = legacy.load_legacy_h5(tmp_path / "newer.h5")
+    assert type(ours.optimizer) is getattr(keras.optimizers, name)
+    assert int(ours.optimizer.iterations) == SAVED_STEPS
+    train(model, BATCHES[SAVED_STEPS:SAVED_STEPS + MORE_STEPS])
+    train(ours, BATCHES[SAVED_STEPS:SAVED_STEPS + MORE_STEPS])
+    assert_weights_close(weights_by_name(ours), weights_by_name(model))

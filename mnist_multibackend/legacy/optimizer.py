@@ -148,11 +148,13 @@ def optimizer_from_keras2(optimizer_config, source) -> keras.optimizers.Optimize
     try:
         decay = config.pop("decay", None)
         if not spec.decays_lr:
-            config.setdefault("schedule_decay", 0.004 if decay is None else decay)
+            if cls is spec.keras3:
+                config.setdefault("schedule_decay", 0.004 if decay is None else decay)
             decay = None
         decay = float(decay or 0.0)
         settings = {option: convert(config.pop(option)) for option, convert in spec.options.items()
                     if option in config}
+        # tf.keras clips each gradient to clipnorm, as Keras 3 does (Keras 2.1 clipped their global norm)
         for clip in ("clipnorm", "clipvalue"):
             if config.get(clip) is not None:
                 settings[clip] = float(config.pop(clip))
@@ -198,7 +200,8 @@ def _keras2_metric(metric, source, dropped: list):
     if isinstance(metric, list):
         return [m for m in (_keras2_metric(m, source, dropped) for m in metric) if m is not None]
     if isinstance(metric, dict) and "class_name" not in metric:
-        return {k: _keras2_metric(v, source, dropped) for k, v in metric.items()}
+        kept = {k: _keras2_metric(v, source, dropped) for k, v in metric.items()}
+        return {k: v for k, v in kept.items() if v is not None}
     if isinstance(metric, dict) and isinstance(metric.get("class_name"), str):
         dropped.append(metric["class_name"])  # a metric class not built in (tf.keras serialized it whole)
         return None
