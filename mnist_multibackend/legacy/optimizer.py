@@ -32,10 +32,10 @@ from .weights import names_attribute
 KERAS2_EPSILON = 1e-7
 
 
-# Optimizer options other Keras 2 releases recorded that change nothing at these values.
+# Optimizer options other Keras 2 releases recorded that change nothing at these values (the EMA ones: use_ema is off).
 NEUTRAL_OPTIMIZER_OPTIONS = {
     "name": ANY, "jit_compile": ANY, "is_legacy_optimizer": ANY, "weight_decay": None, "use_ema": False,
-    "ema_momentum": ANY, "ema_overwrite_frequency": None, "global_clipnorm": None, "clipnorm": None,
+    "ema_momentum": ANY, "ema_overwrite_frequency": ANY, "global_clipnorm": None, "clipnorm": None,
     "clipvalue": None, "amsgrad": False, "loss_scale_factor": None, "gradient_accumulation_steps": None,
 }
 
