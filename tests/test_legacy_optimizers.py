@@ -307,6 +307,8 @@ def test_older_dialects_load_the_same_state(dialect, reference, tmp_path):
     ("amsgrad_state_without_amsgrad", "state that the config's settings do not use"),
 ])
 def test_bad_optimizer_state_is_one_clear_error(change, fragment, reference, tmp_path):
+    """A Keras 2.1.2-layout Adam file (forged from tf_keras's) with its state or config damaged: one
+    ``InputError`` line naming the file, before any array is read; without the training config it loads."""
     path = forge(reference("adam").path, tmp_path / "bad.h5", "adam")
     with h5py.File(path, "r+") as f:
         group = f["optimizer_weights"]
