@@ -336,7 +336,6 @@ def restore_optimizer_state(model: keras.Model, group: h5py.Group, source) -> No
     entries = [(name, get_dataset(group, name, source, "optimizer_weights")) for name in names]
     if not entries:
         return
-    what = lambda name: f"optimizer_weights/{name}"  # noqa: E731
     steps = [(name, d) for name, d in entries if _ITERATIONS.search(name)]
     if len(steps) > 1 or (steps and steps[0][0] != entries[0][0]) or (not steps and spec.steps_always_saved):
         raise InputError(source, f"optimizer_weights does not start with {spec.name}'s iteration count: "
@@ -347,41 +346,53 @@ def restore_optimizer_state(model: keras.Model, group: h5py.Group, source) -> No
                                  f"{int(spec.name == 'Nadam')}")
     state = [(name, d) for name, d in entries[len(steps):] if not _MOMENTUM_SCHEDULE.search(name)
              and not (d.shape == () and _HYPERPARAMETER.search(name))]
-    iteration_count = int(read_array(steps[0][1], (), source, what(steps[0][0]))) if steps else 0
-    product = read_array(schedule[0][1], (), source, what(schedule[0][0])) if schedule else None
-    if not state and not used:
-        pass
-    elif not state:  # saved before the optimizer took a step
-        optimizer.iterations.assign(iteration_count)
-        return
-    else:
-        by_kind = _slot_arrays(spec, used, state, len(weights), source)
-        targets = keras_private.optimizer_slots(optimizer)
-        index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-        plan = []
-        for kind in used:
-            datasets = by_kind.get(kind, [])
-            if len(datasets) != len(weights):
-                raise InputError(source, f"optimizer_weights holds {len(datasets)} {spec.name} "
-                                         f"'{spec.slot_names(kind)[0]}' arrays for {len(weights)} trainable weights")
-            for weight, dataset in zip(weights, datasets):
-                if tuple(dataset.shape) != tuple(weight.shape):
-                    raise InputError(source, f"{spec.name} '{spec.slot_names(kind)[0]}' for {weight.path} has "
-                                             f"shape {dataset.shape}; the weight has {tuple(weight.shape)}")
-                plan.append((targets[kind][index[id(weight)]], dataset, weight))
-        for target, dataset, weight in plan:
-            target.assign(read_array(dataset, weight.shape, source, what(dataset.name[len(group.name) + 1:])))
+    plan = _slot_plan(spec, used, state, model, source) if state else []  # none: saved before a step
+    iteration_count = int(read_array(steps[0][1], (), source, _where(group, steps[0][1]))) if steps else 0
+    product = read_array(schedule[0][1], (), source, _where(group, schedule[0][1])) if schedule else None
+    for target, dataset in plan:
+        target.assign(read_array(dataset, target.shape, source, _where(group, dataset)))
+    if iteration_count < 0:
+        raise InputError(source, f"optimizer_weights holds a negative iteration count: {iteration_count}")
     if spec.name == "Nadam":
         if product is None:  # Keras 2.0-2.2.2 did not save it: the product of the schedule over the steps taken
-            product = np.prod([_keras2_nadam_cache(optimizer, t) for t in range(1, iteration_count + 1)],
-                              dtype=np.float32)
+            product = _keras2_nadam_schedule(optimizer, iteration_count)
         keras_private.nadam_momentum_product(optimizer).assign(np.float32(product))
     optimizer.iterations.assign(iteration_count)
 
 
-def _keras2_nadam_cache(optimizer, step: int) -> np.float32:
+def _where(group: h5py.Group, dataset: h5py.Dataset) -> str:
+    return f"optimizer_weights{dataset.name[len(group.name):]}"
+
+
+def _slot_plan(spec: Keras2Optimizer, used: tuple, state, model: keras.Model, source) -> list:
+    """``[(optimizer slot variable, dataset)]`` for every used slot of every weight, shapes checked."""
+    weights = _keras2_weights(model)
+    by_kind = _slot_arrays(spec, used, state, len(weights), source)
+    targets = keras_private.optimizer_slots(model.optimizer)
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    plan = []
+    for kind in used:
+        datasets = by_kind.get(kind, [])
+        if len(datasets) != len(weights):
+            raise InputError(source, f"optimizer_weights holds {len(datasets)} {spec.name} "
+                                     f"'{spec.slot_names(kind)[0]}' arrays for {len(weights)} trainable weights")
+        for weight, dataset in zip(weights, datasets):
+            if tuple(dataset.shape) != tuple(weight.shape):
+                raise InputError(source, f"{spec.name} '{spec.slot_names(kind)[0]}' for {weight.path} has "
+                                         f"shape {dataset.shape}; the weight has {tuple(weight.shape)}")
+            plan.append((targets[kind][index[id(weight)]], dataset))
+    return plan
+
+
+def _keras2_nadam_schedule(optimizer, steps: int) -> np.float32:
+    """Keras 2's ``m_schedule`` after ``steps``: the product of ``beta_1 * (1 - 0.5 * 0.96 ** (t * decay))``."""
     decay = getattr(optimizer, "schedule_decay", 1.0)  # Keras 3's own Nadam: 0.96 ** t
-    return np.float32(optimizer.beta_1) * (1 - np.float32(0.5) * np.float32(0.96) ** np.float32(step * decay))
+    product = np.float32(1.0)
+    for t in range(1, steps + 1):
+        if product == 0:  # beta_1 ** t reaches float32's zero within a few thousand steps; a file may say 1e18
+            break
+        product *= np.float32(optimizer.beta_1) * (1 - np.float32(0.5) * np.float32(0.96) ** np.float32(t * decay))
+    return product
 
 
 def _keras2_config(spec: Keras2Optimizer, optimizer, where: str) -> dict:
