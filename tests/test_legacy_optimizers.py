@@ -270,9 +270,9 @@ DIALECTS = {
     "keras_2_1_rmsprop_no_iterations": ("rmsprop", dict(iterations=None)),
     "keras_2_1_adagrad_no_iterations": ("adagrad", dict(iterations=None)),
     "keras_2_1_adadelta_no_iterations": ("adadelta", dict(iterations=None)),
-    # Keras 2.2.3+ named it per session: iterations_4:0 in a second model of the same session
-    "keras_2_2_sgd_numbered_iterations": ("sgd_momentum", dict(iterations="iterations_4:0")),
-    # Keras 2.0-2.2.2's Nadam saved no m_schedule: it is the product of the schedule over the steps taken
+    # Keras 2 numbered variable names per session: iterations_4:0 in a later model of the same session
+    "keras_2_sgd_numbered_iterations": ("sgd_momentum", dict(iterations="iterations_4:0")),
+    # Keras 2.1's Nadam saved no m_schedule: it is the product of the schedule over the steps taken
     "keras_2_1_nadam_no_schedule": ("nadam", dict(schedule=False)),
     "keras_2_3_nadam_with_schedule": ("nadam", dict(schedule=True)),
     # Keras 2.1.3-2.2's Adam kept (1,) placeholders for amsgrad's maxima when amsgrad was off

@@ -354,7 +354,7 @@ def restore_optimizer_state(model: keras.Model, group: h5py.Group, source) -> No
     if iteration_count < 0:
         raise InputError(source, f"optimizer_weights holds a negative iteration count: {iteration_count}")
     if spec.name == "Nadam":
-        if product is None:  # Keras 2.0-2.2.2 did not save it: the product of the schedule over the steps taken
+        if product is None:  # Keras 2.1 did not save it: the product of the schedule over the steps taken
             product = _keras2_nadam_schedule(optimizer, iteration_count)
         keras_private.nadam_momentum_product(optimizer).assign(np.float32(product))
     optimizer.iterations.assign(iteration_count)
