@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class InputError(Exception):
     """Bad input from the user: a file, a flag or the environment.
@@ -36,3 +38,8 @@ def require_at_least(subject, value, minimum: int = 1):
     if value < minimum:
         raise InputError(subject, f"must be at least {minimum}. Received: {value}")
     return value
+
+
+def notice(source, message: str) -> None:
+    """One line on stderr about ``source`` that the user should know but that stops nothing (what was left out)."""
+    print(f"{source}: {message}", file=sys.stderr)

@@ -28,9 +28,18 @@ Each name, what it is needed for, and why no public API serves:
   no memory), then forgetting those variables, so that the next stateless scope
   does not allocate them after all; in ``legacy.architecture``. No public API
   builds a model without allocating its weights.
-- ``Adam._momentums``, ``_velocities``, ``_velocity_hats``. Reading and writing
-  Keras 2's Adam state (moments per trainable weight), in ``legacy.optimizer``.
-  ``optimizer.variables`` holds them, but not by kind or weight.
+- The per-weight state lists of the built-in optimizers (``Adam._momentums``,
+  ``_velocities``, ``_velocity_hats``; ``RMSprop._average_gradients``;
+  ``Adagrad._accumulators``; ``Adadelta._accumulated_grads``,
+  ``_accumulated_delta_vars``; ``Adamax._m``, ``_u``), ``Nadam._u_product`` and
+  ``Optimizer._get_variable_index``. Reading and writing Keras 2's optimizer
+  state (per trainable weight), in ``legacy.optimizer``, and the Keras 2 updates
+  of ``legacy.keras2_optimizers``. ``optimizer.variables`` holds them, but not by
+  kind or weight.
+- ``Optimizer._backend_update_step``, the hook Keras calls once per step before
+  the per-weight ``update_step`` calls (Keras's Nadam updates its momentum product
+  there): ``StepStartHook`` overrides it for Keras 2's Nadam schedule. No public
+  hook runs once per step on every backend.
 - ``BackupAndRestore._load_model`` and ``_save_model`` (the hooks it calls),
   ``_weights_path``, ``_training_metadata_path``, ``_current_epoch``. Atomic
   per-epoch checkpoints that still use Keras's own restore and epoch hand-over,
@@ -128,8 +137,55 @@ def count_unallocated_parameters(build) -> int:
 def adam_slots(optimizer) -> dict:
     """A built Adam's state variables: ``{"m": [...], "v": [...], "vhat": [...]}``, each in the order of
     ``model.trainable_variables`` (``vhat`` is empty without amsgrad)."""
-    return {"m": list(_attribute(optimizer, "_momentums")), "v": list(_attribute(optimizer, "_velocities")),
-            "vhat": list(getattr(optimizer, "_velocity_hats", None) or [])}
+    slots = optimizer_slots(optimizer)
+    return {"m": slots["momentum"], "v": slots["velocity"], "vhat": slots["velocity_hat"]}
+
+
+# Where each built-in optimizer keeps its per-weight state: {slot name given to add_optimizer_variables:
+# attribute}. An attribute marked OPTIONAL is set only when its option is on (Adam's amsgrad).
+OPTIONAL = "?"
+_OPTIMIZER_SLOTS = {
+    "SGD": {"momentum": "momentums"},
+    "RMSprop": {"velocity": "_velocities", "momentum": "_momentums", "average_gradient": "_average_gradients"},
+    "Adagrad": {"accumulator": "_accumulators"},
+    "Adadelta": {"accumulated_grad": "_accumulated_grads", "accumulated_delta_var": "_accumulated_delta_vars"},
+    "Adam": {"momentum": "_momentums", "velocity": "_velocities", "velocity_hat": "_velocity_hats" + OPTIONAL},
+    "Adamax": {"momentum": "_m", "norm": "_u"},
+    "Nadam": {"momentum": "_momentums", "velocity": "_velocities"},
+}
+
+
+def optimizer_slots(optimizer) -> dict:
+    """A built optimizer's per-weight state, ``{slot name: [variables]}`` in the order of the trainable
+    variables it was built on; a slot its settings leave out (SGD's momentum at 0) is ``[]``."""
+    for name, slots in _OPTIMIZER_SLOTS.items():
+        if isinstance(optimizer, getattr(keras.optimizers, name)):
+            return {slot: list((getattr(optimizer, attribute[:-1], None) or []) if attribute.endswith(OPTIONAL)
+                               else _attribute(optimizer, attribute)) for slot, attribute in slots.items()}
+    raise TypeError(f"{type(optimizer).__name__} is not one of {sorted(_OPTIMIZER_SLOTS)}")
+
+
+def slot_of(optimizer, slot: str, variable):
+    """The ``slot`` state that a built optimizer keeps for trainable ``variable`` (as ``update_step`` sees it)."""
+    return optimizer_slots(optimizer)[slot][_attribute(optimizer, "_get_variable_index")(variable)]
+
+
+def nadam_momentum_product(optimizer):
+    """Nadam's running product of its momentum schedule (Keras 2's ``m_schedule``), a scalar variable."""
+    return _attribute(optimizer, "_u_product")
+
+
+class StepStartHook:
+    """Mixin for an optimizer that updates shared state once per step before the per-weight updates:
+    ``at_step_start()`` runs instead of its parent's own per-step work (Keras's Nadam's momentum product)."""
+
+    def at_step_start(self) -> None:
+        raise NotImplementedError
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        self.at_step_start()
+        # keras.optimizers.Optimizer's, i.e. the backend's: tf.distribute's merge call on TensorFlow
+        keras.optimizers.Optimizer._backend_update_step(self, grads, trainable_variables, learning_rate)
 
 
 # --------------------------------------------------------------------------- BackupAndRestore
@@ -239,6 +295,42 @@ def _check_adam_slots() -> None:
             raise KerasPrivateError("Adam without amsgrad has _velocity_hats")
 
 
+def _check_optimizer_slots() -> None:
+    variables = [keras.Variable(np.zeros((2, 3)), name="a"), keras.Variable(np.zeros(4), name="b")]
+    every_option = {"SGD": {"momentum": 0.5}, "RMSprop": {"momentum": 0.5, "centered": True}, "Adam": {"amsgrad": True}}
+    for name, slots in _OPTIMIZER_SLOTS.items():
+        optimizer = getattr(keras.optimizers, name)(**every_option.get(name, {}))
+        optimizer.build(variables)
+        found = optimizer_slots(optimizer)
+        state = {id(v) for v in optimizer.variables}
+        for slot, held in found.items():
+            if [tuple(s.shape) for s in held] != [tuple(v.shape) for v in variables] or \
+                    not all(id(s) in state for s in held):
+                raise KerasPrivateError(f"{name}'s '{slot}' slots no longer follow the trainable variables")
+            if slot_of(optimizer, slot, variables[1]) is not held[1]:
+                raise KerasPrivateError(f"{name}._get_variable_index no longer indexes its slots")
+    if tuple(nadam_momentum_product(_built(keras.optimizers.Nadam(), variables)).shape) != ():
+        raise KerasPrivateError("Nadam._u_product is no longer a scalar")
+    if "_backend_update_step" not in vars(keras.optimizers.Nadam):
+        raise KerasPrivateError("Nadam no longer updates its momentum product in _backend_update_step")
+
+    class Counting(StepStartHook, keras.optimizers.SGD):
+        starts = 0
+
+        def at_step_start(self):
+            self.starts += 1
+
+    optimizer = Counting(learning_rate=1.0)
+    optimizer.apply([np.ones((2, 3), "float32"), np.ones(4, "float32")], variables)
+    if optimizer.starts != 1 or float(keras.ops.convert_to_numpy(variables[1])[0]) != -1.0:
+        raise KerasPrivateError("Optimizer._backend_update_step no longer runs once per step around update_step")
+
+
+def _built(optimizer, variables):
+    optimizer.build(variables)
+    return optimizer
+
+
 def _check_backup_and_restore() -> None:
     hooks = ("_load_model", "_save_model")
     attributes = ("_weights_path", "_training_metadata_path", "_current_epoch")
@@ -273,7 +365,8 @@ def _check_jax_state() -> None:
 
 CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
           "unallocated builds": _check_unallocated_parameters,
-          "Adam slots": _check_adam_slots, "BackupAndRestore hooks": _check_backup_and_restore,
+          "Adam slots": _check_adam_slots, "optimizer slots": _check_optimizer_slots,
+          "BackupAndRestore hooks": _check_backup_and_restore,
           "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state}
 
 

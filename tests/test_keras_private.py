@@ -20,7 +20,9 @@ from mnist_multibackend import keras_private, legacy
 # What only keras_private.py may mention in the package's source.
 PRIVATE_PATTERNS = [r"keras\.src", r"global_state", r"uninitialized_variables", r"\._momentums", r"\._velocit",
                     r"_load_model", r"_save_model", r"_get_jax_state",
-                    r"SafeModeScope", r"_weights_path", r"_training_metadata_path", r"_current_epoch"]
+                    r"SafeModeScope", r"_weights_path", r"_training_metadata_path", r"_current_epoch",
+                    r"_get_variable_index", r"_u_product", r"_backend_update_step", r"_accumulators",
+                    r"_average_gradients", r"_accumulated_grads", r"_accumulated_delta_vars"]
 
 
 def small_model(units=2) -> keras.Model:

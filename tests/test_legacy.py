@@ -177,8 +177,8 @@ def test_decay_becomes_the_equivalent_schedule_and_is_written_back(seed_dir, tmp
 
 
 def test_other_optimizers_and_options_are_refused_clearly(seed_dir, tmp_path):
-    for change, fragment in [({"class_name": "SGD"}, "only Adam"), ({"config": {"lr": 0.01, "rho": 0.9}},
-                                                                         "options ['rho'] are not supported")]:
+    for change, fragment in [({"class_name": "SGD"}, "SGD options ['beta_1', 'beta_2', 'epsilon'] are not supported"),
+                             ({"config": {"lr": 0.01, "rho": 0.9}}, "options ['rho'] are not supported")]:
         path = tmp_path / "other.h5"
         shutil.copy(seed_dir / H5, path)
         path.chmod(0o644)

@@ -14,7 +14,7 @@ import keras
 from ..atomic import atomic_path, write_text
 from ..errors import InputError
 from .architecture import keras2_model_config, model_from_keras2_config, model_from_yaml, model_to_yaml
-from .optimizer import compile_from_keras2, keras2_training_config, restore_adam_state, write_adam_state
+from .optimizer import compile_from_keras2, keras2_training_config, restore_optimizer_state, write_optimizer_state
 from .safety import get_group, open_h5, parse_json, read_text_attribute, read_text_file
 from .weights import KERNEL_CONVENTION, load_weights_h5, read_weights_group, save_weights_h5, write_weights_group
 
@@ -35,7 +35,8 @@ def load_yaml_file(path) -> keras.Model:
 
 def load_legacy_h5(path, compile: bool = True) -> keras.Model:
     """A Keras 2 ``model.save()`` file: architecture, weights and, with ``compile``, the training config
-    (Adam, loss, metrics) and the Adam state (iterations and moments), so training resumes where it stopped.
+    (optimizer, loss, metrics) and the optimizer's state (iterations and per-weight slots), so training resumes
+    where it stopped.
 
     Raises ``InputError`` (one line naming the file) for anything that is not such a file.
     """
@@ -57,13 +58,13 @@ def load_legacy_h5(path, compile: bool = True) -> keras.Model:
             return model
         compile_from_keras2(model, training_config, path)
         if "optimizer_weights" in f:
-            restore_adam_state(model, get_group(f, "optimizer_weights", path, "the file"), path)
+            restore_optimizer_state(model, get_group(f, "optimizer_weights", path, "the file"), path)
     return model
 
 
 def save_legacy_h5(model: keras.Model, path) -> None:
     """Write ``model`` as Keras 2.1.2's ``model.save()`` did: Keras 2 architecture, weights and, when the model
-    is compiled with Adam, its training config and Adam state."""
+    is compiled with an optimizer Keras 2 had, its training config and optimizer state."""
     model_config = keras2_model_config(model)
     training_config = keras2_training_config(model)
     with atomic_path(path) as tmp:
@@ -75,7 +76,7 @@ def save_legacy_h5(model: keras.Model, path) -> None:
                 f.attrs["training_config"] = json.dumps(training_config).encode("utf8")
             write_weights_group(f.create_group("model_weights"), model)
             if training_config is not None:
-                write_adam_state(f, model)
+                write_optimizer_state(f, model)
 
 
 # ---------------------------------------------------------------------------
