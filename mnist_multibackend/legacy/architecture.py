@@ -15,6 +15,7 @@ import yaml
 
 from .. import keras_private
 from ..errors import InputError, first_line
+from .numerics import KERAS2_ACTIVATIONS
 from .safety import BUILTIN_CLASSES, check_config_classes, parse_keras2_yaml
 from .weights import KERNEL_CONVENTION
 
@@ -31,7 +32,25 @@ KERAS2_ONLY_OPTIONS = {
     "implementation": ANY, "time_major": False,  # recurrent layers
     "input_length": ANY,  # Embedding: the input shape says it
     "input_dtype": ANY,  # Keras 1's name for dtype of the first layer
+    "groups": 1,  # tf_keras's DepthwiseConv and SeparableConv inherited it from Conv and allowed only 1
+    "rng_type": ANY, "force_generator": ANY,  # which TF random generator tf_keras drew dropout and noise from
+    "query_shape": ANY, "key_shape": ANY, "value_shape": ANY,  # MultiHeadAttention: known again when called
+    "softmax_robust_masking": False,  # MultiHeadAttention
+    "causal": False,  # Attention before TF 2.10 (Keras 3 takes use_causal_mask when called)
 }
+
+
+# Options Keras 2 layers carried but ignored, which Keras 3's namesakes refuse: always dropped.
+IGNORED_OPTIONS = {
+    # Keras 2's SpatialDropout took Dropout's noise_shape and replaced it with its own; it has no weights.
+    **{f"SpatialDropout{n}D": ("noise_shape", "trainable") for n in (1, 2, 3)},
+    # tf_keras's SeparableConv inherited Conv's kernel options; it used the depthwise and pointwise ones.
+    **{f"SeparableConv{n}D": ("kernel_initializer", "kernel_regularizer", "kernel_constraint") for n in (1, 2)},
+}
+# Config keys that hold an activation name.
+ACTIVATION_KEYS = ("activation", "recurrent_activation")
+# Config keys that hold a nested layer: wrappers (Bidirectional, TimeDistributed) and an RNN's cell.
+NESTED_LAYER_KEYS = ("layer", "backward_layer", "cell")
 
 
 def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
@@ -46,11 +65,8 @@ def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
         return [{**layer, **_keras3_model_config(layer, source)}]
     if not isinstance(layer.get("config"), dict):
         raise InputError(source, f"layer entry {str(layer)[:120]} has no config mapping")
-    config = dict(layer["config"])
+    class_name, config = _keras3_layer_config(class_name, layer["config"], source)
     name = config.get("name", layer.get("name"))
-    for option, neutral in KERAS2_ONLY_OPTIONS.items():
-        if option in config and (neutral is ANY or config[option] == neutral):
-            del config[option]
     batch_input_shape = config.pop("batch_input_shape", None)
     if class_name == "InputLayer":
         if batch_input_shape is not None:
@@ -59,11 +75,49 @@ def _keras3_layer(layer: dict, source, *, sequential_first=False) -> list:
     entries = []
     if sequential_first and batch_input_shape is not None:
         # Keras 2 kept a Sequential's input shape on its first layer; Keras 3 wants an InputLayer.
-        entries.append({"class_name": "InputLayer", "config": {
-            "batch_shape": list(batch_input_shape), "dtype": config.get("dtype") or "float32",
-            "name": f"{name}_input"}})
-    entries.append({**layer, "config": config})
+        entries.append(_input_layer(batch_input_shape, config.get("dtype"), f"{name}_input"))
+    entries.append({**layer, "class_name": class_name, "config": config})
     return entries
+
+
+def _input_layer(batch_shape, dtype, name: str) -> dict:
+    return {"class_name": "InputLayer", "config": {"batch_shape": list(batch_shape), "dtype": dtype or "float32",
+                                                   "name": name}}
+
+
+def _keras3_layer_config(class_name: str, config: dict, source) -> tuple:
+    """``(class_name, config)`` of one Keras 2 layer, rewritten so that Keras 3 computes what Keras 2 did."""
+    config = dict(config)
+    for option, neutral in KERAS2_ONLY_OPTIONS.items():
+        if option in config and (neutral is ANY or config[option] == neutral):
+            del config[option]
+    for option in IGNORED_OPTIONS.get(class_name, ()):
+        config.pop(option, None)
+    if class_name == "ThresholdedReLU":  # gone in Keras 3; x if x > theta else 0 is ReLU's threshold
+        class_name, config["threshold"] = "ReLU", config.pop("theta", 1.0)
+    if class_name == "LeakyReLU" and "alpha" in config:  # Keras 3 renamed it
+        config["negative_slope"] = config.pop("alpha")
+    for key in ACTIVATION_KEYS:
+        if isinstance(config.get(key), str) and config[key] in KERAS2_ACTIVATIONS:
+            config[key] = keras.saving.serialize_keras_object(KERAS2_ACTIVATIONS[config[key]])
+    for key, value in config.items():
+        if key.endswith("_initializer") and isinstance(value, dict) and isinstance(value.get("config"), dict):
+            # tf.contrib.keras (TF 1.1-1.3) wrote the dtype into initializers; Keras 3 takes it from the layer.
+            config[key] = {**value, "config": {k: v for k, v in value["config"].items() if k != "dtype"}}
+    for key in NESTED_LAYER_KEYS:
+        if isinstance(config.get(key), dict):
+            config[key] = _keras3_nested_layer(config[key], source)
+    if isinstance(config.get("cells"), list):  # StackedRNNCells
+        config["cells"] = [_keras3_nested_layer(cell, source) for cell in config["cells"]]
+    return class_name, config
+
+
+def _keras3_nested_layer(layer, source) -> dict:
+    # Wrappers and RNNs find the class of what they hold by its module, as Keras 3 writes it.
+    (entry,) = _keras3_layer(layer, source)
+    if entry.get("class_name") in ("Functional", "Sequential"):
+        return {**entry, "module": "keras"}
+    return {**entry, "module": "keras.layers"}
 
 
 def _keras3_model_config(model_config: dict, source) -> dict:
@@ -77,6 +131,15 @@ def _keras3_model_config(model_config: dict, source) -> dict:
         layers = []
         for i, layer in enumerate(config["layers"]):
             layers += _keras3_layer(layer, source, sequential_first=i == 0)
+        build_input_shape = config.get("build_input_shape")
+        if build_input_shape is not None and layers and layers[0].get("class_name") != "InputLayer":
+            # tf.keras 2.x kept the shape a Sequential was built with beside its layers, not on the first one.
+            if not isinstance(build_input_shape, (list, tuple)) or not all(
+                    d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in build_input_shape):
+                raise InputError(source, f"Sequential build_input_shape {str(build_input_shape)[:80]} is not one "
+                                         "shape")
+            first = layers[0].get("config", {})
+            layers.insert(0, _input_layer(build_input_shape, first.get("dtype"), f"{first.get('name')}_input"))
         return {"class_name": "Sequential",
                 "config": {"name": config.get("name") or "sequential", "layers": layers}}
     if class_name in ("Model", "Functional"):
@@ -156,9 +219,17 @@ KERAS3_ONLY_OPTIONS = frozenset({"quantization_config", "lora_rank", "lora_alpha
 KERAS2_DISTRIBUTIONS = {"truncated_normal": "normal"}
 
 
+# Registered name of a Keras 2 function (numerics) -> the name Keras 2 gave it.
+KERAS2_ACTIVATION_NAMES = {keras.saving.get_registered_name(fn): name for name, fn in KERAS2_ACTIVATIONS.items()}
+
+
 def _keras2_object(value, where: str):
     """A Keras 3 serialized object (initializer, regularizer ...) as Keras 2's ``{class_name, config}``."""
     if isinstance(value, dict):
+        if value.get("class_name") == "function" and value.get("config") in KERAS2_ACTIVATION_NAMES:
+            return KERAS2_ACTIVATION_NAMES[value["config"]]
+        for key in ACTIVATION_KEYS:
+            _refuse_keras3_namesake(key, value.get(key), where)
         if "class_name" in value and "config" in value:
             class_name, config = value["class_name"], value["config"]
             if class_name == "DTypePolicy":
@@ -173,6 +244,13 @@ def _keras2_object(value, where: str):
     if isinstance(value, (list, tuple)):
         return [_keras2_object(v, where) for v in value]
     return value
+
+
+def _refuse_keras3_namesake(key: str, activation, where: str) -> None:
+    # A Keras 3 function whose name means another function in Keras 2 (numerics) cannot be written.
+    if isinstance(activation, str) and activation in KERAS2_ACTIVATIONS:
+        raise InputError(where, f"uses Keras 3's {activation} as {key}, which Keras 2 cannot express (Keras 2's "
+                                f"{activation} computes another function)")
 
 
 _VARIANCE_SCALING = frozenset({"VarianceScaling", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal",
@@ -214,6 +292,8 @@ def _keras2_layer_config(layer: keras.layers.Layer, config: dict) -> dict:
             continue
         if key == "data_format" and isinstance(layer, keras.layers.Flatten) and value == "channels_last":
             continue  # Keras 2.1's Flatten had no data_format and always flattened channels-last
+        if key in ACTIVATION_KEYS:
+            _refuse_keras3_namesake(key, value, where)
         if key == "dtype":
             value = _keras2_dtype(value, where)
         elif key == "batch_shape":

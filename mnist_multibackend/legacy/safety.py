@@ -29,6 +29,15 @@ CODE_LAYERS = frozenset({"Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchM
 # "module" values a Keras 3 or tf_keras config may carry next to a class name.
 KERAS_MODULES = frozenset({"keras", "keras.layers", "keras.models", "keras.initializers", "keras.regularizers",
                            "keras.constraints", "keras.dtype_policies"})
+# Keras 2 layers that Keras 3 lacks: the architecture reader rewrites these into Keras 3 ones ...
+KERAS2_REWRITTEN_CLASSES = frozenset({"ThresholdedReLU"})
+# ... and refuses these, saying why.
+KERAS2_REMOVED_CLASSES = {
+    "LocallyConnected1D": "Keras 3 removed it", "LocallyConnected2D": "Keras 3 removed it",
+    "DenseFeatures": "it reads TensorFlow feature columns, which Keras 3 does not have",
+    "RandomHeight": "Keras 3 removed it", "RandomWidth": "Keras 3 removed it",
+    "RadialConstraint": "Keras 3 removed it",
+}
 # Markers inside Keras 3 configs that name no class.
 CONFIG_MARKERS = frozenset({"__keras_tensor__"})
 MAX_CONFIG_NODES = 1_000_000  # YAML aliases can make a small file a huge (or cyclic) structure
@@ -85,7 +94,9 @@ def check_config_classes(config, source) -> None:
 
 def _check_class(node: dict, where: str, source) -> None:
     name = node["class_name"]
-    if not isinstance(name, str) or (name not in BUILTIN_CLASSES and name not in CONFIG_MARKERS):
+    if isinstance(name, str) and name in KERAS2_REMOVED_CLASSES:
+        raise InputError(source, f"{where} is a Keras 2 {name}, which does not load: {KERAS2_REMOVED_CLASSES[name]}")
+    if not isinstance(name, str) or name not in BUILTIN_CLASSES | CONFIG_MARKERS | KERAS2_REWRITTEN_CLASSES:
         raise InputError(source, f"{where} names class {name!r}, which is not one of Keras's built-in classes; "
                                  "only those load (no Lambda, custom objects or code)")
     module = node.get("module")
