@@ -121,14 +121,18 @@ def vision_model(tf_keras):
 
 
 def nested_model(tf_keras):
-    """Two inputs, a nested Sequential called on both (its second call is node_index 1), two outputs."""
+    """Two inputs, a nested Sequential and a nested functional model each called on both (Keras 2 numbered
+    their calls 1 and 2, after their own graph's node 0), four outputs."""
     layers = tf_keras.layers
     inner = tf_keras.Sequential([layers.Dense(4, activation="tanh", input_shape=(3,)), layers.Dense(2)], name="inner")
+    x = tf_keras.Input((3,), name="x")
+    branch = tf_keras.Model(x, layers.Dense(2, activation="elu", name="branch_dense")(x), name="branch")
     a, b = tf_keras.Input((3,), name="a"), tf_keras.Input((3,), name="b")
     ya, yb = inner(a), inner(b)
-    summed = layers.Add(name="sum")([ya, yb])
-    joined = layers.Concatenate(name="join")([ya, yb, layers.Dense(2, name="side")(a)])
-    return tf_keras.Model([a, b], [summed, joined])
+    za, zb = branch(a), branch(b)
+    summed = layers.Add(name="sum")([ya, yb, za])
+    joined = layers.Concatenate(name="join")([ya, yb, zb, layers.Dense(2, name="side")(a)])
+    return tf_keras.Model([a, b], [summed, joined, yb, zb])  # the last two straight from nested models
 
 
 MODELS = {"text": text_model, "vision": vision_model, "nested": nested_model}

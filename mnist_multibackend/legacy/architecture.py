@@ -157,15 +157,17 @@ def _keras3_model_config(model_config: dict, source) -> dict:
             if not isinstance(entry.get("name"), str) or not isinstance(entry.get("inbound_nodes"), list):
                 raise InputError(source, f"layer entry {str(layer)[:120]} needs a 'name' and 'inbound_nodes'")
             layers.append(entry)
-        sequentials = {entry["name"] for entry in layers if entry.get("class_name") == "Sequential"}
+        nested = {entry["name"]: entry["class_name"] for entry in layers
+                  if entry.get("class_name") in ("Functional", "Sequential")}
+        sequentials = {name for name, kind in nested.items() if kind == "Sequential"}
         names = {entry["name"] for entry in layers}
         for entry in layers:
             entry["inbound_nodes"] = [_keras3_node(node, names) for node in
-                                      _shift_sequential_calls(entry["inbound_nodes"], sequentials, -1)]
+                                      _shift_nested_calls(entry["inbound_nodes"], set(nested), -1)]
         return {"class_name": "Functional", "config": {
             "name": config.get("name") or "model", "trainable": config.get("trainable", True), "layers": layers,
             "input_layers": config["input_layers"],
-            "output_layers": _shift_sequential_calls(config["output_layers"], sequentials, -1)}}
+            "output_layers": _shift_nested_calls(config["output_layers"], sequentials, -1)}}
     raise InputError(source, f"top-level class is {class_name!r}; expected Model, Functional or Sequential")
 
 
@@ -200,17 +202,19 @@ def _keras3_node(node, layer_names: set):
     return {"args": [inputs[0] if len(inputs) == 1 else inputs], "kwargs": kwargs}
 
 
-def _shift_sequential_calls(links, sequentials: set, shift: int):
+def _shift_nested_calls(links, models: set, shift: int):
     """``links`` (``[layer, node_index, tensor_index, ...]`` lists, nested) with the node indices of the nested
-    Sequential models ``sequentials`` moved by ``shift``: Keras 2 counted a nested model's own graph as its
-    node 0 and its calls from 1; Keras 3 does so for functional models but counts a Sequential's calls from 0.
+    models ``models`` moved by ``shift``.
+
+    Keras 2 counted a nested model's own graph as its node 0 and its calls from 1. Keras 3 counts their calls
+    from 0 in inbound nodes; in ``output_layers`` it counts a functional model's from 1 too, a Sequential's from 0.
     """
     if isinstance(links, list) and len(links) >= 3 and isinstance(links[0], str) and isinstance(links[1], int):
-        return [links[0], links[1] + shift, *links[2:]] if links[0] in sequentials else links
+        return [links[0], links[1] + shift, *links[2:]] if links[0] in models else links
     if isinstance(links, list):
-        return [_shift_sequential_calls(link, sequentials, shift) for link in links]
+        return [_shift_nested_calls(link, models, shift) for link in links]
     if isinstance(links, dict):  # keyword arguments may hold tensors
-        return {k: _shift_sequential_calls(v, sequentials, shift) for k, v in links.items()}
+        return {k: _shift_nested_calls(v, models, shift) for k, v in links.items()}
     return links
 
 
@@ -449,11 +453,12 @@ def keras2_model_config(model: keras.Model) -> dict:
     if not all(k in config for k in ("layers", "input_layers", "output_layers")):
         raise InputError(f"model {model.name!r}", "is neither functional nor Sequential; Keras 2 cannot describe it")
     entries = []
+    nested = {layer.name for layer in model.layers if isinstance(layer, keras.Model)}
     sequentials = {layer.name for layer in model.layers if isinstance(layer, keras.Sequential)}
     for entry in config["layers"]:
         layer = layers[entry["name"]]
         class_name, layer_config = _keras2_layer(layer, entry["config"])
-        nodes = _shift_sequential_calls(_keras2_inbound_nodes(entry, layer, f"layer {layer.name!r}"), sequentials, 1)
+        nodes = _shift_nested_calls(_keras2_inbound_nodes(entry, layer, f"layer {layer.name!r}"), nested, 1)
         if class_name == "MultiHeadAttention":
             layer_config.update(_keras2_attention_shapes(entry))
         entries.append({"class_name": class_name, "config": layer_config, "name": entry["name"],
@@ -461,7 +466,7 @@ def keras2_model_config(model: keras.Model) -> dict:
     return {"class_name": "Model", "config": {
         "name": config["name"], "layers": entries,
         "input_layers": _keras2_endpoints(config["input_layers"]),
-        "output_layers": _shift_sequential_calls(_keras2_endpoints(config["output_layers"]), sequentials, 1)}}
+        "output_layers": _shift_nested_calls(_keras2_endpoints(config["output_layers"]), sequentials, 1)}}
 
 
 def _keras2_attention_shapes(entry: dict) -> dict:

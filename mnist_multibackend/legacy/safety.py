@@ -28,7 +28,9 @@ from ..errors import InputError, first_line
 CODE_LAYERS = frozenset({"Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper", "Layer"})
 # "module" values a Keras 3 or tf_keras config may carry next to a class name.
 KERAS_MODULES = frozenset({"keras", "keras.layers", "keras.models", "keras.initializers", "keras.regularizers",
-                           "keras.constraints", "keras.dtype_policies"})
+                           "keras.constraints", "keras.dtype_policies",
+                           # tf_keras's to_json() names its own module for a nested functional model
+                           "tf_keras.src.engine.functional"})
 # Keras 2 layers that Keras 3 lacks: the architecture reader rewrites these into Keras 3 ones ...
 KERAS2_REWRITTEN_CLASSES = frozenset({"ThresholdedReLU"})
 # ... and refuses these, saying why.
