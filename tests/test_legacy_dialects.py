@@ -74,7 +74,8 @@ def assert_computes_like_keras2(theirs, ours, tmp_path, tf_keras):
 
 def text_model(tf_keras):
     """Embedding, an LSTM with standalone Keras 2's defaults (hard_sigmoid gates, implementation 1),
-    TimeDistributed, a Bidirectional GRU (tf_keras's reset_after=True), MultiHeadAttention."""
+    TimeDistributed, MultiHeadAttention, RNN over a cell and over stacked cells, a Bidirectional GRU
+    (tf_keras's reset_after=True)."""
     layers = tf_keras.layers
     tokens = tf_keras.Input((7,), dtype="int32", name="tokens")
     x = layers.Embedding(20, 6, name="embed")(tokens)
@@ -82,6 +83,8 @@ def text_model(tf_keras):
                     name="lstm")(x)
     x = layers.TimeDistributed(layers.Dense(6, activation="hard_sigmoid"), name="per_step")(x)
     x = layers.MultiHeadAttention(2, 3, name="attend")(x, x)
+    x = layers.RNN(layers.LSTMCell(3, recurrent_activation="hard_sigmoid"), return_sequences=True, name="cell")(x)
+    x = layers.RNN([layers.SimpleRNNCell(3), layers.GRUCell(3)], return_sequences=True, name="stacked")(x)
     x = layers.Bidirectional(layers.GRU(4, recurrent_activation="hard_sigmoid"), name="bigru")(x)
     x = layers.Activation("hard_sigmoid", name="gate")(x)
     return tf_keras.Model(tokens, layers.Dense(3, activation="softmax", name="out")(x))

@@ -24,7 +24,8 @@ itself, e.g. ``tf_keras``, reads it.
 
 Modules, each importing only those after it (no cycles): ``files`` (the file
 API), ``optimizer`` (training config, Adam state), ``architecture`` (configs both
-ways), ``weights`` (weight groups), ``safety`` (what a file may name; parsing and
+ways), ``numerics`` (Keras 2 functions whose Keras 3 namesakes compute something
+else), ``weights`` (weight groups), ``safety`` (what a file may name; parsing and
 opening untrusted files). The Keras-private names they need are reached through
 ``mnist_multibackend.keras_private`` only.
 
