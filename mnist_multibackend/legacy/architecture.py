@@ -166,9 +166,17 @@ def _keras3_model_config(model_config: dict, source) -> dict:
                                       _shift_nested_calls(entry["inbound_nodes"], set(nested), -1)]
         return {"class_name": "Functional", "config": {
             "name": config.get("name") or "model", "trainable": config.get("trainable", True), "layers": layers,
-            "input_layers": config["input_layers"],
+            "input_layers": _single_endpoint(config["input_layers"]),
             "output_layers": _shift_nested_calls(config["output_layers"], sequentials, -1)}}
     raise InputError(source, f"top-level class is {class_name!r}; expected Model, Functional or Sequential")
+
+
+def _single_endpoint(endpoints):
+    # Keras 2 listed even a single input; Keras 3 writes it alone, and warns when a model that lists it is
+    # called on one tensor.
+    if isinstance(endpoints, list) and len(endpoints) == 1 and isinstance(endpoints[0], list):
+        return endpoints[0]
+    return endpoints
 
 
 def _keras3_node(node, layer_names: set):
