@@ -5,7 +5,8 @@ Three formats, as the original project (Keras 2.1.2) wrote them:
 - full model HDF5 (``model.save``): attributes ``model_config`` and
   ``training_config`` (JSON), group ``model_weights``, group
   ``optimizer_weights`` (the optimizer's state) — ``load_legacy_h5`` / ``save_legacy_h5``;
-- architecture YAML (``model.to_yaml()``) — ``model_from_yaml`` / ``model_to_yaml``;
+- architecture YAML (``model.to_yaml()``) — ``model_from_yaml`` / ``model_to_yaml``, and the same as JSON
+  (``model.to_json()``) — ``model_from_json`` / ``model_to_json``;
 - weights-only HDF5 (``model.save_weights``): attribute ``layer_names``, one
   group per layer with a ``weight_names`` attribute — ``load_weights_h5`` /
   ``save_weights_h5``.
@@ -26,17 +27,19 @@ Keras 2's.
 
 Modules, each importing only those after it (no cycles): ``files`` (the file
 API), ``optimizer`` (training config, optimizer state), ``keras2_optimizers`` (Keras 2's
-updates where Keras 3's differ), ``architecture`` (configs both
-ways), ``weights`` (weight groups), ``safety`` (what a file may name; parsing and
+updates where Keras 3's differ), ``architecture`` (configs both ways), ``numerics``
+(Keras 2 functions whose Keras 3 namesakes compute something else), ``weights``
+(weight groups), ``recurrent`` (cuDNN and pre-``reset_after`` recurrent layers), ``safety`` (what a file may name; parsing and
 opening untrusted files). The Keras-private names they need are reached through
 ``mnist_multibackend.keras_private`` only.
 
 Import this package only after ``runtime.start()`` has chosen the backend.
 """
 
-from .architecture import keras2_model_config, model_from_keras2_config, model_from_yaml, model_to_yaml
-from .files import (H5_NAME, WEIGHTS_NAME, YAML_NAME, export_legacy, import_legacy, load_legacy_h5, load_yaml_file,
-                    save_legacy_h5, write_legacy_artifacts)
+from .architecture import (keras2_model_config, model_from_json, model_from_keras2_config, model_from_yaml,
+                           model_to_json, model_to_yaml)
+from .files import (H5_NAME, WEIGHTS_NAME, YAML_NAME, export_legacy, import_legacy, load_json_file, load_legacy_h5,
+                    load_yaml_file, save_legacy_h5, write_legacy_artifacts)
 from .keras2_optimizers import Keras2Adagrad, Keras2Nadam, Keras2RMSprop
 from .optimizer import (OPTIMIZERS, compile_args_from_keras2, compile_from_keras2, keras2_training_config,
                         optimizer_from_keras2, restore_optimizer_state, write_optimizer_state)
@@ -45,10 +48,12 @@ from .weights import KERNEL_CONVENTION, load_weights_h5, read_weights_group, sav
 
 __all__ = [
     # files
-    "H5_NAME", "YAML_NAME", "WEIGHTS_NAME", "load_legacy_h5", "save_legacy_h5", "load_yaml_file", "import_legacy",
+    "H5_NAME", "YAML_NAME", "WEIGHTS_NAME", "load_legacy_h5", "save_legacy_h5", "load_yaml_file", "load_json_file",
+    "import_legacy",
     "export_legacy", "write_legacy_artifacts",
     # architecture
-    "model_from_keras2_config", "model_from_yaml", "keras2_model_config", "model_to_yaml",
+    "model_from_keras2_config", "model_from_yaml", "model_from_json", "keras2_model_config", "model_to_yaml",
+    "model_to_json",
     # weights
     "KERNEL_CONVENTION", "read_weights_group", "write_weights_group", "load_weights_h5", "save_weights_h5",
     # optimizer

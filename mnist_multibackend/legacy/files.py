@@ -13,7 +13,8 @@ import keras
 
 from ..atomic import atomic_path, write_text
 from ..errors import InputError
-from .architecture import keras2_model_config, model_from_keras2_config, model_from_yaml, model_to_yaml
+from .architecture import (keras2_model_config, model_from_json, model_from_keras2_config, model_from_yaml,
+                           model_to_yaml)
 from .optimizer import compile_from_keras2, keras2_training_config, restore_optimizer_state, write_optimizer_state
 from .safety import get_group, open_h5, parse_json, read_text_attribute, read_text_file
 from .weights import KERNEL_CONVENTION, load_weights_h5, read_weights_group, save_weights_h5, write_weights_group
@@ -27,6 +28,11 @@ WEIGHTS_NAME = "MNIST_keras_w_CNN.h5"
 def load_yaml_file(path) -> keras.Model:
     """``model_from_yaml`` on a file; ``InputError`` names the file."""
     return model_from_yaml(read_text_file(path), source=path)
+
+
+def load_json_file(path) -> keras.Model:
+    """``model_from_json`` on a file (Keras 2's ``to_json()``); ``InputError`` names the file."""
+    return model_from_json(read_text_file(path), source=path)
 
 
 # ---------------------------------------------------------------------------
@@ -83,15 +89,23 @@ def save_legacy_h5(model: keras.Model, path) -> None:
 # What the command line calls
 # ---------------------------------------------------------------------------
 
+# Architecture-only files by suffix, and their readers.
+ARCHITECTURE_READERS = {".yaml": load_yaml_file, ".yml": load_yaml_file, ".json": load_json_file}
+
+
 def import_legacy(source, weights=None) -> keras.Model:
-    """A model from Keras 2 files: a full-model ``.h5``, or an architecture ``.yaml`` with a weights ``.h5``."""
+    """A model from Keras 2 files: a full-model ``.h5``, or an architecture ``.yaml``/``.json`` with a weights
+    ``.h5``."""
     source = Path(source)
-    if source.suffix.lower() in (".yaml", ".yml"):
+    architecture = ARCHITECTURE_READERS.get(source.suffix.lower())
+    if architecture is not None:
         if weights is None:
-            raise InputError(source, "a YAML file holds the architecture only; give its weights with --weights")
-        return load_weights_h5(load_yaml_file(source), weights)
+            raise InputError(source, f"a {source.suffix[1:].upper()} file holds the architecture only; give its "
+                                     "weights with --weights")
+        return load_weights_h5(architecture(source), weights)
     if weights is not None:
-        raise InputError(weights, "--weights goes with a YAML architecture; a full-model .h5 has its own weights")
+        raise InputError(weights, "--weights goes with a YAML or JSON architecture; a full-model .h5 has its own "
+                                  "weights")
     return load_legacy_h5(source)
 
 

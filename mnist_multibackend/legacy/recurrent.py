@@ -28,28 +28,17 @@ CUDNN_OPTIONS = {
     "CuDNNGRU": {"activation": "tanh", "recurrent_activation": "sigmoid", "reset_after": True},
 }
 GATES = {"LSTM": 4, "GRU": 3}
-# Keras 2 options of recurrent layers that only chose an implementation (any "implementation"; time_major only
-# when False). architecture.py drops them from top-level layers too; a Bidirectional's inner layers only here.
-IMPLEMENTATION_ONLY = {"implementation": lambda value: True, "time_major": lambda value: value is False}
 
 
 def keras3_layer(class_name, config: dict) -> tuple:
-    """``(class_name, config)`` of a Keras 2 layer, with its recurrent layers (also inside ``Bidirectional``)
-    as Keras 3 builds them."""
-    if class_name == "Bidirectional":
-        config = dict(config)
-        for key in ("layer", "backward_layer"):
-            inner = config.get(key)
-            if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-                inner_class, inner_config = keras3_layer(inner.get("class_name"), inner["config"])
-                config[key] = {**inner, "class_name": inner_class, "config": inner_config}
-        return class_name, config
+    """``(class_name, config)`` of a Keras 2 recurrent layer as Keras 3 builds it; other layers unchanged.
+
+    The architecture reader calls it for every layer, those inside ``Bidirectional`` included.
+    """
     if class_name in CUDNN_EQUIVALENTS:
-        class_name, config = CUDNN_EQUIVALENTS[class_name], {**config, **CUDNN_OPTIONS[class_name]}
-    elif class_name == "GRU" and "reset_after" not in config:
-        config = {**config, "reset_after": False}
-    if class_name in ("SimpleRNN", "LSTM", "GRU"):
-        config = {k: v for k, v in config.items() if not (k in IMPLEMENTATION_ONLY and IMPLEMENTATION_ONLY[k](v))}
+        return CUDNN_EQUIVALENTS[class_name], {**config, **CUDNN_OPTIONS[class_name]}
+    if class_name == "GRU" and "reset_after" not in config:
+        return class_name, {**config, "reset_after": False}
     return class_name, config
 
 

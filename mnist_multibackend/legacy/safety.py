@@ -29,7 +29,18 @@ from .recurrent import CUDNN_EQUIVALENTS
 CODE_LAYERS = frozenset({"Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper", "Layer"})
 # "module" values a Keras 3 or tf_keras config may carry next to a class name.
 KERAS_MODULES = frozenset({"keras", "keras.layers", "keras.models", "keras.initializers", "keras.regularizers",
-                           "keras.constraints", "keras.dtype_policies"})
+                           "keras.constraints", "keras.dtype_policies",
+                           # tf_keras's to_json() names its own module for a nested functional model
+                           "tf_keras.src.engine.functional"})
+# Keras 2 layers that Keras 3 lacks: the architecture reader rewrites these into Keras 3 ones ...
+KERAS2_REWRITTEN_CLASSES = frozenset({"ThresholdedReLU", *CUDNN_EQUIVALENTS})
+# ... and refuses these, saying why.
+KERAS2_REMOVED_CLASSES = {
+    "LocallyConnected1D": "Keras 3 removed it", "LocallyConnected2D": "Keras 3 removed it",
+    "DenseFeatures": "it reads TensorFlow feature columns, which Keras 3 does not have",
+    "RandomHeight": "Keras 3 removed it", "RandomWidth": "Keras 3 removed it",
+    "RadialConstraint": "Keras 3 removed it",
+}
 # Markers inside Keras 3 configs that name no class.
 CONFIG_MARKERS = frozenset({"__keras_tensor__"})
 MAX_CONFIG_NODES = 1_000_000  # YAML aliases can make a small file a huge (or cyclic) structure
@@ -86,7 +97,9 @@ def check_config_classes(config, source) -> None:
 
 def _check_class(node: dict, where: str, source) -> None:
     name = node["class_name"]
-    if not isinstance(name, str) or name not in BUILTIN_CLASSES | CONFIG_MARKERS | CUDNN_EQUIVALENTS.keys():
+    if isinstance(name, str) and name in KERAS2_REMOVED_CLASSES:
+        raise InputError(source, f"{where} is a Keras 2 {name}, which does not load: {KERAS2_REMOVED_CLASSES[name]}")
+    if not isinstance(name, str) or name not in BUILTIN_CLASSES | CONFIG_MARKERS | KERAS2_REWRITTEN_CLASSES:
         raise InputError(source, f"{where} names class {name!r}, which is not one of Keras's built-in classes; "
                                  "only those load (no Lambda, custom objects or code)")
     module = node.get("module")
@@ -107,7 +120,52 @@ class Keras2YamlLoader(yaml.SafeLoader):
     ``!!python/tuple`` becomes a tuple and ``!!python/unicode`` a string; any
     other ``!!python/...`` tag (``object/apply``, ``name``, ``module`` ...)
     stops the parse with ``RefusedYamlTag`` before anything is constructed.
+    A key given twice in one mapping must have the same value both times.
     """
+
+    def compose_node(self, parent, index):
+        # PyYAML refuses an anchor defined twice, but the same to_yaml() text appended again repeats its
+        # anchors (&id001 ...); as YAML 1.2 says, an alias then means the latest definition.
+        if not self.check_event(yaml.AliasEvent):
+            self.anchors.pop(self.peek_event().anchor, None)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        # Keras 2's to_yaml() text has no "---", so appending it to a file twice repeats every top-level key.
+        # YAML keeps the last value; here the repeat is accepted only when it says the same.
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen and not same_yaml_node(seen[key.tag, key.value], value):
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key.value!r} is given twice with different values (two different "
+                                        "to_yaml() texts appended to one file?)", key.start_mark)
+                    seen[key.tag, key.value] = value
+        return super().construct_mapping(node, deep)
+
+
+def same_yaml_node(a, b) -> bool:
+    """Whether two composed YAML nodes say the same (same tags and values), comparing at most
+    ``MAX_CONFIG_NODES`` nodes: aliases can make a small text a huge or cyclic structure."""
+    budget, pending = MAX_CONFIG_NODES, [(a, b)]
+    while pending:
+        a, b = pending.pop()
+        budget -= 1
+        if budget < 0:
+            raise yaml.YAMLError("YAML is too large or refers to itself")
+        if a is b:
+            continue
+        if type(a) is not type(b) or a.tag != b.tag or len(a.value) != len(b.value):
+            return False
+        if isinstance(a, yaml.ScalarNode):
+            if a.value != b.value:
+                return False
+        elif isinstance(a, yaml.MappingNode):
+            pending += [pair for (ka, va), (kb, vb) in zip(a.value, b.value) for pair in ((ka, kb), (va, vb))]
+        else:
+            pending += zip(a.value, b.value)
+    return True
 
 
 class RefusedYamlTag(yaml.YAMLError):
@@ -131,13 +189,27 @@ Keras2YamlLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_pyth
 
 
 def parse_keras2_yaml(text: str, source="YAML"):
-    """Parse ``to_yaml()`` output of any Keras 2 release into plain dicts, lists, tuples and scalars."""
+    """Parse ``to_yaml()`` output of any Keras 2 release into plain dicts, lists, tuples and scalars.
+
+    A file holding the same document more than once (appended again, with or without ``---``) reads as that
+    document; documents that differ are refused.
+    """
     try:
         loader = Keras2YamlLoader(text)  # its reader already refuses characters YAML does not allow
     except yaml.YAMLError as err:
         raise InputError(source, f"not valid YAML ({' '.join(str(err).split())[:300]})") from None
     try:
-        return loader.get_single_data()
+        documents = []
+        while loader.check_node():
+            documents.append(loader.get_node())
+        if not documents:
+            return None
+        if not all(same_yaml_node(documents[0], other) for other in documents[1:]):
+            raise InputError(source, f"holds {len(documents)} YAML documents that differ; an architecture file "
+                                     "holds one (the same one repeated is accepted)")
+        return loader.construct_document(documents[0])
+    except InputError:
+        raise
     except RefusedYamlTag as err:
         raise InputError(source, str(err)) from None
     except RecursionError:

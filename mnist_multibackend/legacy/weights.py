@@ -56,8 +56,9 @@ def write_weights_group(group: h5py.Group, model: keras.Model) -> None:
     for layer in model.layers:
         layer_group = group.create_group(layer.name)
         weights = _keras2_weights(layer)
-        # Keras 2 named a weight after its own layer and itself ("conv0/kernel:0"), also inside nested models.
-        names = ["/".join(w.path.split("/")[-2:]) + ":0" for w in weights]
+        # Keras 2 named a weight after its own layer and itself ("conv0/kernel:0"), also inside nested models
+        # and wrappers ("forward_gru/gru_cell/kernel:0": the two GRUs of a Bidirectional have the same cell name).
+        names = [(w.path.split("/", 1)[1] if w.path.count("/") > 1 else w.path) + ":0" for w in weights]
         names_attribute(layer_group, "weight_names", names)
         for name, weight in zip(names, weights):
             layer_group.create_dataset(name, data=keras.ops.convert_to_numpy(weight))
