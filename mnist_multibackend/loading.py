@@ -15,7 +15,7 @@ import keras
 from . import keras_private
 from .errors import InputError, first_line
 from .legacy import load_legacy_h5
-from .legacy.architecture import check_parameter_count
+from .legacy.architecture import check_parameter_count, runnable_on_this_backend
 from .legacy.safety import CHECKPOINT_VALUES_PER_PARAMETER, check_h5_structure
 
 LEGACY_SUFFIXES = (".h5", ".hdf5")
@@ -119,7 +119,8 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
         raise InputError(path, f"unknown model format {path.suffix!r}; expected a .keras file or a Keras 2 .h5")
     check_keras_archive(path)
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
         detail = first_line(err)
         raise InputError(path, f"not a loadable Keras model ({detail})") from None
+    return runnable_on_this_backend(model)

@@ -177,12 +177,13 @@ def test_convolution_kernels_saved_by_theano_are_flipped_as_keras_2_did(tf_keras
     assert_outputs(load(), x, model.predict(x, verbose=0), tmp_path)
 
 
-@pytest.mark.jax
 def test_a_channels_first_theano_model_keeps_its_layout(tf_keras, tmp_path):
     """Keras 2.0-2.1 on Theano, whose default image_data_format was channels_first: the model loads as it was
-    (input (N, C, H, W)) with its kernels flipped. TensorFlow's CPU kernels take NHWC only (neither tf_keras
-    nor Keras 3 run it on TensorFlow's CPU), so the reference is tf_keras's channels_last twin of the model,
-    its Dense rows permuted by tf_keras's own ``convert_dense_weights_data_format``, run on NHWC inputs."""
+    (input (N, C, H, W)) with its kernels flipped, and runs on both backends (on TensorFlow through XLA, whose
+    CPU code takes NCHW). TensorFlow's own CPU kernels take NHWC only (tf_keras cannot run the model on the
+    CPU), so the reference is tf_keras's channels_last twin of the model, its Dense rows permuted by tf_keras's
+    own ``convert_dense_weights_data_format``, run on NHWC inputs. Compiled as a Keras 2 full load compiles
+    it, it trains too."""
     from tf_keras.src.utils.layer_utils import convert_dense_weights_data_format  # Keras 2's, not exported
     L = tf_keras.layers
 
@@ -206,6 +207,8 @@ def test_a_channels_first_theano_model_keeps_its_layout(tf_keras, tmp_path):
     ours = legacy.load_legacy_h5(tmp_path / "theano.h5", compile=False)
     assert ours.input_shape == (None, 1, 8, 8)
     assert_outputs(ours, x, expected, tmp_path)
+    ours.compile(optimizer="sgd", loss="mse", jit_compile=ours.jit_compile)
+    assert np.isfinite(ours.train_on_batch(x, expected))
 
 
 # --- 4. CuDNNLSTM and CuDNNGRU --------------------------------------------------------------------------

@@ -252,11 +252,32 @@ def model_from_keras2_config(model_config, source="model config") -> keras.Model
                 return cls.from_config(copy.deepcopy(keras3["config"]))  # from_config may change what it is given
 
         check_parameter_count(keras_private.count_unallocated_parameters(build), source)
-        return build()
+        return runnable_on_this_backend(build())
     except (InputError, keras_private.KerasPrivateError):
         raise
     except Exception as err:  # noqa: BLE001 - malformed, or whatever Keras raises: not a model description
         raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
+
+
+def _layers_within(layers):
+    for layer in layers:
+        yield layer
+        yield from _layers_within(getattr(layer, "layers", ()))  # nested models
+        yield from _layers_within([inner for inner in (getattr(layer, "layer", None),) if inner is not None])
+
+
+def runnable_on_this_backend(model: keras.Model) -> keras.Model:
+    """``model``, set to run wherever this backend runs: a channels_first model (Theano's default layout,
+    kept so that the model takes the inputs it took in Keras 2) is compiled with XLA on TensorFlow.
+
+    TensorFlow's own CPU kernels for convolution and pooling take NHWC only; XLA compiles NCHW for the CPU
+    too (Keras 3 relies on it for channels_first 3D convolutions). JAX runs either layout as it is. A
+    ``model.compile`` afterwards must keep ``jit_compile=True`` on TensorFlow (it defaults to off on a CPU).
+    """
+    if keras.backend.backend() == "tensorflow" and any(
+            getattr(layer, "data_format", None) == "channels_first" for layer in _layers_within(model.layers)):
+        model.jit_compile = True
+    return model
 
 
 def check_parameter_count(count: int, source) -> None:

@@ -250,7 +250,8 @@ def compile_from_keras2(model: keras.Model, training_config, source) -> keras.Mo
     """Compile ``model`` as a Keras 2 ``training_config`` says (see ``compile_args_from_keras2``)."""
     args = compile_args_from_keras2(training_config, model, source)
     try:
-        model.compile(**args)
+        # jit_compile as the model was set to run (architecture.runnable_on_this_backend); compile resets it.
+        model.compile(**args, jit_compile=model.jit_compile)
     except (TypeError, ValueError) as err:
         raise InputError(source, f"training_config not usable ({first_line(err, limit=300)})") from None
     return model

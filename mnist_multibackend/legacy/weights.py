@@ -5,12 +5,12 @@ whole of a weights-only file (``model.save_weights`` in Keras 2).
 
 Weights saved by Theano: convolution kernels are flipped as Keras 2 did. A
 channels_first model (Theano's default ``image_data_format``) keeps its
-layout, so it takes the same inputs as in the file: Keras 3 runs it on JAX,
-and on TensorFlow with a GPU, but TensorFlow's CPU kernels take NHWC only
-(Keras 2's TensorFlow backend transposed around them; Keras 3's and tf_keras's
-do not). Converting it to channels_last instead would change its inputs and
-its config (data formats, BatchNormalization axes, the Dense after Flatten),
-which this module, run after the model is built, cannot.
+layout, so it takes the same inputs as in the file: JAX runs it as it is, and
+TensorFlow through XLA (``architecture.runnable_on_this_backend``), since
+TensorFlow's own CPU kernels take NHWC only (Keras 2's TensorFlow backend
+transposed around them; Keras 3's and tf_keras's do not). Converting it to
+channels_last instead would change its inputs and its config (data formats,
+BatchNormalization axes, the rows of the Dense after Flatten).
 """
 
 from __future__ import annotations
