@@ -201,6 +201,7 @@ def test_yaml_appended_twice_loads_and_two_different_ones_are_refused(tf_keras, 
     for joined in (text + text, text + "---\n" + text):
         model = legacy.load_weights_h5(legacy.model_from_yaml(joined, "twice.yaml"), tmp_path / "weights.h5")
         assert_same_outputs(predictions(theirs, inputs), model, inputs, "appended")
+    assert_computes_like_keras2(theirs, model, tmp_path, tf_keras)
     other = keras2_yaml(nested_model(tf_keras))  # new layer names
     for joined, fragment in ((text + other, "is given twice with different values"),
                              (text + "---\n" + other, "holds 2 YAML documents that differ")):
