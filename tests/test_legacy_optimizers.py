@@ -226,11 +226,12 @@ def test_keras_2_optimizers_round_trip_through_a_keras_file(case, reference, tmp
 # --- older dialects, forged from tf_keras's files ----------------------------------------------------------
 
 def forge(source, target, case, *, iterations="{name}/iterations:0", schedule=True, hyperparameters=(),
-          placeholders=False, lexical=False, keys=None):
+          placeholders=False, lexical=False, keys=None, indexed=()):
     """Rewrite tf_keras's ``optimizer_weights`` as Keras 2.0-2.2 saved them: ``training/<Opt>/Variable_N:0``
     numbered in Keras 2's order, ``iterations`` (or none when ``iterations`` is None), Nadam's ``m_schedule``
     (or none), scalar hyperparameters after the iteration count, amsgrad's (1,) placeholders; ``lexical`` lists
-    the names as h5py sorts them (``Variable_10`` after ``Variable_1``); ``keys`` renames config keys."""
+    the names as h5py sorts them (``Variable_10`` after ``Variable_1``); ``keys`` renames config keys;
+    ``indexed`` names each kind of slot as Keras 2.3 did, ``training/Adam/m_0:0`` ... ``v_0:0`` ..."""
     name = CASES[case][0]
     shutil.copy(source, target)
     with h5py.File(target, "r+") as f:
@@ -249,6 +250,9 @@ def forge(source, target, case, *, iterations="{name}/iterations:0", schedule=Tr
         if placeholders:
             values += [np.zeros(1, "float32") for _ in range(len(values) // 2)]
         numbered = [f"training/{name}/Variable{'' if i == 0 else f'_{i}'}:0" for i in range(len(values))]
+        if indexed:
+            per_kind = len(values) // len(indexed)
+            numbered = [f"training/{name}/{kind}_{i}:0" for kind in indexed for i in range(per_kind)]
         group = f.create_group("optimizer_weights")
         for n, v in scalars + list(zip(numbered, values)):
             group.create_dataset(n, data=v)
@@ -277,6 +281,9 @@ DIALECTS = {
     "keras_2_3_nadam_with_schedule": ("nadam", dict(schedule=True)),
     # Keras 2.1.3-2.2's Adam kept (1,) placeholders for amsgrad's maxima when amsgrad was off
     "keras_2_1_3_adam_placeholders": ("adam", dict(placeholders=True)),
+    # Keras 2.3 named each kind of slot with the weight's index: m_0 .. m_N, v_0 .., and vhat_0 .. placeholders
+    "keras_2_3_adam_indexed": ("adam", dict(placeholders=True, indexed=("m", "v", "vhat"))),
+    "keras_2_3_rmsprop_indexed": ("rmsprop", dict(indexed=("accumulator",))),
     # TF 2.0-2.1's tf.keras saved the hyperparameters as scalars after the iteration count
     "tf_2_0_adamax_hyperparameters": ("adamax", dict(iterations="{name}/iter:0",
                                                      hyperparameters=("beta_1", "beta_2", "decay", "learning_rate"),
