@@ -377,7 +377,7 @@ def run_predict(args) -> int:
     from .loading import load_saved_model
     from .predict import check_classifier, predict_digits
 
-    model = load_saved_model(args.model)
+    model = load_saved_model(args.model, compile=False)  # predicting needs no optimizer
     check_classifier(model, args.model)
     for line in format_predictions(names, predict_digits(model, images), as_json=args.json):
         print(line)
