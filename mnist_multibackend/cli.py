@@ -348,7 +348,8 @@ def run_legacy(args) -> int:
     model = legacy.import_legacy(args.source, weights=args.weights)
     with atomic_path(args.out) as tmp:
         model.save(tmp)
-    state = f", {type(model.optimizer).__name__} at step {int(model.optimizer.iterations)}" if getattr(model, "optimizer", None) else ""
+    optimizer = getattr(model, "optimizer", None)
+    state = f", {type(optimizer).__name__} at step {int(optimizer.iterations)}" if optimizer else ""
     print(f"wrote {args.out} ({model.count_params()} parameters{state}) on {runtime.backend}")
     print(f"the model's {describe_shapes(model)}")
     return 0

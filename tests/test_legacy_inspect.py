@@ -139,6 +139,28 @@ def test_inspect_the_original_files(seed_dir):
     assert any("!!python/tuple" in f for f in arch["features"])
 
 
+def test_inspect_a_json_architecture_and_a_keras_3_file(notebook_files, tmp_path):
+    """tf_keras's to_json (Keras 2.21) and Keras 3's .keras: the kinds besides Keras 2 HDF5 and YAML."""
+    import keras
+
+    reference = notebook_files["models"]["metric"]
+    architecture = tmp_path / "model.json"
+    architecture.write_text(reference.to_json())
+    report = inspect_model_file(architecture)
+    assert (report["kind"], report["keras_version"], report["model_class"]) == ("json", "2.21.0", "Sequential")
+    assert report["parameters"] == reference.count_params() and report["load"]["architecture"]["restored"]
+    assert not report["load"]["weights"]["restored"]
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((2, 3)), np.ones((2, 2)), verbose=0)
+    model.save(tmp_path / "model.keras")
+    report = inspect_model_file(tmp_path / "model.keras")
+    assert (report["kind"], report["keras_version"]) == ("keras", keras.__version__)
+    assert report["layers"] == [{"name": "out", "class": "Dense", "parameters": 8}]
+    assert report["load"]["optimizer_state"] == {"restored": True, "note": "Adam at step 1"}
+
+
 def test_inspect_names_old_dialects(tf_keras, tmp_path):
     """Features of Keras 2 releases tf_keras no longer writes are forged with h5py on a tf_keras file: the
     bare-list Sequential of Keras < 2.2.3 without batch_input_shape, and the Theano backend attribute. GRU
@@ -163,7 +185,8 @@ def test_inspect_reports_a_lambda_layer_as_the_refusal(tf_keras, tmp_path):
     """tf_keras saves a Lambda's Python code in the file; inspect lists the layers and quotes the refusal."""
     layers = tf_keras.layers
     inputs = layers.Input((4,))
-    model = tf_keras.Model(inputs, layers.Dense(2, name="out")(layers.Lambda(lambda x: x * 2, name="double")(inputs)))
+    doubled = layers.Lambda(lambda x: x * 2, name="double")(inputs)
+    model = tf_keras.Model(inputs, layers.Dense(2, name="out")(doubled))
     report = inspect_model_file(save_tf_keras(model, tmp_path / "lambda.h5", metrics=[], fit=False))
     assert [layer["class"] for layer in report["layers"]] == ["InputLayer", "Lambda", "Dense"]
     assert not report["load"]["architecture"]["restored"] and not report["load"]["weights"]["restored"]
@@ -180,10 +203,10 @@ DISGUISES = {
     "html.h5": (HTML_PAGE, "is an HTML page, not an HDF5 file (downloaded from a web page rather than the raw file?)"),
     "lfs.h5": (LFS_POINTER, "is a Git LFS pointer to a 4,238,488-byte file, not the file itself (run git lfs pull)"),
     "empty.h5": ("", "is an empty file, not an HDF5 file"),
-    "renamed.h5": (b"PK\x03\x04\x14\0\0\0", "is a zip archive, not an HDF5 file (a Keras 3 model? give it a "
-                                             ".keras name)"),
-    "arch.h5": ('{"class_name": "Sequential", "config": []}', "not an HDF5 file (an architecture from to_json()? "
-                                                              "give it a .json name)"),
+    "renamed.h5": (b"PK\x03\x04\x14\0\0\0", ("is a zip archive, not an HDF5 file (a Keras 3 model? give it a "
+                                              ".keras name)")),
+    "arch.h5": ('{"class_name": "Sequential", "config": []}', ("not an HDF5 file (an architecture from to_json()? "
+                                                               "give it a .json name)")),
     "arch-yaml.h5": ("class_name: Model\nconfig: {}\n", "is YAML text"),
     "lfs.yaml": (LFS_POINTER, "is a Git LFS pointer to a 4,238,488-byte file"),
     "page.json": (HTML_PAGE, "is an HTML page, not a YAML or JSON architecture"),

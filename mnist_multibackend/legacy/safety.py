@@ -220,7 +220,7 @@ def disguised_content(path, expected: str) -> str | None:
     for kind, (signature, found, holds, suffix) in SIGNATURES.items():
         if kind != expected and head.startswith(signature):
             return f"is {found}, not {expected} ({holds}? give it a {suffix} name)"
-    if expected in SIGNATURES and _is_text(head):
+    if expected in SIGNATURES and not head.startswith(SIGNATURES[expected][0]) and _is_text(head):
         shown = " ".join(text[:40].decode("utf-8", errors="replace").split())
         form = "JSON" if text.startswith(b"{") else "YAML" if b"class_name:" in head else None
         hint = f" (an architecture from to_{form.lower()}()? give it a .{form.lower()} name)" if form else ""
