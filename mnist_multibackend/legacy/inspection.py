@@ -398,10 +398,13 @@ def format_inspection(report: dict) -> str:
     if training:
         optimizer = training["optimizer"] if isinstance(training["optimizer"], dict) else {}
         state = training["optimizer_weights"]
-        lines += [f"  optimizer     {optimizer.get('class_name')} {json.dumps(optimizer.get('config'))}",
+        config = optimizer.get("config")
+        if isinstance(config, dict):  # the page leaves out options that are off
+            config = {key: value for key, value in config.items() if value is not None}
+        lines += [f"  optimizer     {optimizer.get('class_name')} {json.dumps(config)}",
                   f"                optimizer_weights: {f'{state} arrays' if state is not None else 'none'}",
-                  f"  loss          {json.dumps(training['loss'])}",
-                  f"  metrics       {json.dumps(training['metrics'])}"]
+                  f"  loss          {json.dumps(_names(training['loss']))}",
+                  f"  metrics       {json.dumps(_names(training['metrics']))}"]
     for i, feature in enumerate(report["features"]):
         lines.append(f"  {'dialect' if i == 0 else '':<12}  {feature}")
     if report["layers"]:
@@ -416,3 +419,15 @@ def format_inspection(report: dict) -> str:
         note = f": {outcome['note']}" if outcome["note"] else ""
         lines.append(f"  {part.replace('_', ' ') + ':':<17}{'yes' if outcome['restored'] else 'no'}{note}")
     return "\n".join(lines)
+
+
+def _names(value):
+    """Losses and metrics as the names they were given (tf.keras wrapped each in a ``{class_name, config}``)."""
+    if isinstance(value, list):
+        return [_names(item) for item in value]
+    if isinstance(value, dict):
+        config = value.get("config")
+        if "class_name" in value and isinstance(config, dict) and "name" in config:
+            return config["name"]
+        return {key: _names(item) for key, item in value.items()}
+    return value
