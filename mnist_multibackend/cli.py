@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
     evaluate.add_argument("--data", help="as for train")
 
-    legacy = commands.add_parser("legacy", help="read and write the original's Keras 2 files (HDF5, YAML)")
+    legacy = commands.add_parser("legacy", help="inspect, read and write Keras 2 files (HDF5, YAML, JSON)")
     legacy_commands = legacy.add_subparsers(dest="legacy_command", required=True, metavar="ACTION")
     export = _subcommand(legacy_commands, "export", help="write a model as Keras 2 files (any of --h5, --yaml, "
                                                        "--weights)")
@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("source", help="Keras 2 full-model .h5, or architecture .yaml (with --weights)")
     import_.add_argument("--weights", help="Keras 2 weights .h5 for a .yaml architecture")
     import_.add_argument("--out", required=True, help=".keras model file to write")
+    inspect = _subcommand(legacy_commands, "inspect", help="say what a model file is (Keras 2 .h5, weights .h5, "
+                                                         ".yaml, .json or .keras) and what loading it restores")
+    _add_runtime_flags(inspect)
+    inspect.add_argument("file", help="Keras 2 full-model or weights .h5, architecture .yaml or .json, or .keras")
+    inspect.add_argument("--json", action="store_true", help="one JSON object instead of the readable page")
 
     bench = _subcommand(commands, "bench", help="measure training and inference speed of each backend and device "
                                               "(writes results.json, results.md, results.png)")
@@ -312,6 +317,13 @@ def run_evaluate(args) -> int:
 
 
 def run_legacy(args) -> int:
+    if args.legacy_command == "inspect":
+        _start(args)
+        from .legacy.inspection import format_inspection, inspect_model_file
+
+        report = inspect_model_file(args.file)
+        print(json.dumps(report) if args.json else format_inspection(report))
+        return 0
     if args.legacy_command == "export" and not (args.h5 or args.yaml or args.weights):
         raise InputError("legacy export", "name at least one file to write: --h5, --yaml or --weights")
     if args.legacy_command == "import" and not args.out.endswith(".keras"):
@@ -325,17 +337,21 @@ def run_legacy(args) -> int:
     from . import legacy
     from .atomic import atomic_path
     from .loading import load_saved_model
+    from .predict import describe_shapes
 
     if args.legacy_command == "export":
         model = load_saved_model(args.model)
         for path in legacy.export_legacy(model, h5=args.h5, yaml_path=args.yaml, weights=args.weights):
             print(f"wrote {path}")
+        print(f"the model's {describe_shapes(model)}")
         return 0
     model = legacy.import_legacy(args.source, weights=args.weights)
     with atomic_path(args.out) as tmp:
         model.save(tmp)
-    state = f", Adam at step {int(model.optimizer.iterations)}" if getattr(model, "optimizer", None) else ""
+    optimizer = getattr(model, "optimizer", None)
+    state = f", {type(optimizer).__name__} at step {int(optimizer.iterations)}" if optimizer else ""
     print(f"wrote {args.out} ({model.count_params()} parameters{state}) on {runtime.backend}")
+    print(f"the model's {describe_shapes(model)}")
     return 0
 
 
@@ -377,7 +393,7 @@ def run_predict(args) -> int:
     from .loading import load_saved_model
     from .predict import check_classifier, predict_digits
 
-    model = load_saved_model(args.model)
+    model = load_saved_model(args.model, compile=False)  # predicting needs no optimizer
     check_classifier(model, args.model)
     for line in format_predictions(names, predict_digits(model, images), as_json=args.json):
         print(line)

@@ -16,7 +16,7 @@ from . import keras_private
 from .errors import InputError, first_line
 from .legacy import load_legacy_h5
 from .legacy.architecture import check_parameter_count, runnable_on_this_backend
-from .legacy.safety import CHECKPOINT_VALUES_PER_PARAMETER, check_h5_structure
+from .legacy.safety import CHECKPOINT_VALUES_PER_PARAMETER, KERAS_ARCHIVE, check_h5_structure, disguised_content
 
 LEGACY_SUFFIXES = (".h5", ".hdf5")
 
@@ -65,8 +65,9 @@ def check_keras_archive(path) -> None:
                 with archive.open("model.weights.h5") as handle:
                     _check_weights_member(handle, path, parameters)
     except zipfile.BadZipFile as err:
-        raise InputError(path, "not a loadable Keras model: not a zip archive, or a truncated one "
-                               f"({first_line(err, limit=200)})") from None
+        raise InputError(path, disguised_content(path, KERAS_ARCHIVE)
+                         or f"not a loadable Keras model: not a zip archive, or a truncated one "
+                            f"({first_line(err, limit=200)})") from None
     except (OSError, EOFError, RuntimeError, ValueError, NotImplementedError) as err:
         raise InputError(path, f"not a loadable Keras model: a damaged archive ({first_line(err, limit=200)})") \
             from None
@@ -107,7 +108,10 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
     """Load a ``.keras`` model file, or a Keras 2 full-model ``.h5``, with no code from the file running.
 
     ``.keras`` loads with Keras's ``safe_mode`` on; ``.h5``/``.hdf5`` go to
-    ``legacy.load_legacy_h5`` (optimizer state included). Raises
+    ``legacy.load_legacy_h5`` (optimizer state included). With ``compile``
+    off only the architecture and weights load: what the training config
+    names (a custom metric or loss, an optimizer this tool cannot restore) is
+    not looked at, which is all predicting and scoring need. Raises
     ``InputError`` with one line when the file is missing or is not a model.
     """
     path = Path(path)

@@ -256,12 +256,34 @@ def _as_digits(path: Path, array: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- prediction
 
+def model_shapes(model) -> tuple[list, list]:
+    """The shapes of ``model``'s inputs and outputs, batch dimension included (``None``): two lists of tuples."""
+    def shapes(tensors):
+        return [tuple(tensor.shape) for tensor in tensors]
+
+    try:
+        return shapes(model.inputs), shapes(model.outputs)
+    except (AttributeError, ValueError):  # a Sequential never built: its file gave no input shape
+        return [], []
+
+
+def describe_shapes(model) -> str:
+    """``input (None, 28, 28, 1), output (None, 10)``; several inputs or outputs are listed."""
+    def listed(kind, shapes):
+        if not shapes:
+            return f"{kind} unknown (not built)"
+        return f"{kind}{'s' if len(shapes) > 1 else ''} {' and '.join(map(str, shapes))}"
+
+    inputs, outputs = model_shapes(model)
+    return f"{listed('input', inputs)}, {listed('output', outputs)}"
+
+
 def check_classifier(model, subject) -> None:
-    """Refuse a model that does not map ``(28, 28, 1)`` images to 10 classes."""
-    inputs, outputs = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
-    if inputs != (28, 28, 1) or outputs != (data.NUM_CLASSES,):
-        raise InputError(subject, f"not a digit classifier: it maps {inputs} to {outputs}, "
-                                  "expected (28, 28, 1) to (10,)")
+    """Refuse a model that does not map ``(28, 28, 1)`` images to 10 classes, naming what it maps."""
+    inputs, outputs = model_shapes(model)
+    if inputs != [(None, 28, 28, 1)] or outputs != [(None, data.NUM_CLASSES)]:
+        raise InputError(subject, f"not a digit classifier: its {describe_shapes(model)}; evaluate, predict "
+                                  "and report need input (None, 28, 28, 1), output (None, 10)")
 
 
 def predict_digits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from . import data
 from .atomic import atomic_path, check_folder_target, write_text
 from .errors import InputError
-from .model import load_saved_model
+from .loading import load_saved_model
 from .predict import check_classifier, predict_digits
 
 CURVES_FILE = "training-curves.png"
@@ -170,7 +170,7 @@ def write_report(target, data_path=None, out=None) -> dict:
     model_path, history_path, default_out = locate(target)
     check_folder_target(Path(out) if out else default_out)  # before scoring
     history = read_history(history_path) if history_path else None
-    model = load_saved_model(model_path)
+    model = load_saved_model(model_path, compile=False)  # scoring needs no optimizer
     check_classifier(model, model_path)
     test = data.load_dataset(data_path)
     probabilities = predict_digits(model, test.x_test)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from pathlib import Path
 
 import h5py
@@ -260,10 +261,64 @@ def existing_file(path) -> Path:
     return path
 
 
+# The model files a path may be expected to hold: what each starts with, and the name it goes by.
+H5_FILE, KERAS_ARCHIVE, ARCHITECTURE_TEXT = "an HDF5 file", "a .keras archive", "a YAML or JSON architecture"
+SIGNATURES = {H5_FILE: (b"\x89HDF\r\n\x1a\n", "an HDF5 file", "a Keras 2 model or weights file", ".h5"),
+              KERAS_ARCHIVE: (b"PK\x03\x04", "a zip archive", "a Keras 3 model", ".keras")}
+SNIFF_BYTES = 1024
+_LFS_POINTER = re.compile(rb"version https://git-lfs\.github\.com/spec/v\d+\s.*?^size (\d+)\s*$", re.S | re.M)
+_HTML = re.compile(rb"(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)[\s>]", re.S | re.I)
+
+
+def disguised_content(path, expected: str) -> str | None:
+    """Why ``path``, which should be ``expected`` (``H5_FILE``, ``KERAS_ARCHIVE`` or ``ARCHITECTURE_TEXT``),
+    is something else, told from its first bytes; ``None`` when they show nothing amiss.
+
+    Catches what a download or a checkout leaves in place of a model file: an
+    HTML page (a GitHub "blob" page saved instead of the raw file), a Git LFS
+    pointer, an empty file, and one kind of model file under another's name
+    (a ``.keras`` zip or a YAML/JSON architecture named ``.h5`` ...).
+    """
+    with open(existing_file(path), "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not head:
+        return f"is an empty file, not {expected}"
+    pointer = _LFS_POINTER.match(text)
+    if pointer or text.startswith(b"version https://git-lfs."):
+        size = f"a {int(pointer.group(1)):,}-byte file" if pointer else "a file"
+        return f"is a Git LFS pointer to {size}, not the file itself (run git lfs pull)"
+    if _HTML.match(text):
+        return f"is an HTML page, not {expected} (downloaded from a web page rather than the raw file?)"
+    for kind, (signature, found, holds, suffix) in SIGNATURES.items():
+        if kind != expected and head.startswith(signature):
+            return f"is {found}, not {expected} ({holds}? give it a {suffix} name)"
+    if expected in SIGNATURES and not head.startswith(SIGNATURES[expected][0]) and _is_text(head):
+        shown = " ".join(text[:40].decode("utf-8", errors="replace").split())
+        form = "JSON" if text.startswith(b"{") else "YAML" if b"class_name:" in head else None
+        hint = f" (an architecture from to_{form.lower()}()? give it a .{form.lower()} name)" if form else ""
+        return f"is {form or 'plain'} text starting {shown!r}, not {expected}{hint}"
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:  # a character cut at the end of the sniffed bytes is still text
+        return err.start >= len(head) - 3
+    return True
+
+
 def read_text_file(path, limit: int | None = None) -> str:
-    """The UTF-8 text of a file of at most ``limit`` bytes (``MAX_CONFIG_BYTES``), checked before reading."""
+    """The UTF-8 text of a file of at most ``limit`` bytes (``MAX_CONFIG_BYTES``), checked before reading;
+    an HTML page, Git LFS pointer, HDF5 file or zip archive in its place is refused (``disguised_content``)."""
     path = existing_file(path)
     limit = MAX_CONFIG_BYTES if limit is None else limit
+    disguise = disguised_content(path, ARCHITECTURE_TEXT)
+    if disguise:
+        raise InputError(path, disguise)
     size = path.stat().st_size
     if size > limit:
         raise InputError(path, f"is {size:,} bytes; a model description of more than {limit:,} bytes is refused "
@@ -339,7 +394,8 @@ def open_h5(path, max_data_bytes: int | None = None):
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise InputError(path, f"not an HDF5 file ({first_line(err, limit=300)})") from None
+        raise InputError(path, disguised_content(path, H5_FILE)
+                         or f"not an HDF5 file ({first_line(err, limit=300)})") from None
     try:
         check_h5_structure(f, path, max_data_bytes)
         yield f
