@@ -323,6 +323,9 @@ def run_legacy(args) -> int:
 
         report = inspect_model_file(args.file)
         print(json.dumps(report) if args.json else format_inspection(report))
+        refusal = report["load"]["architecture"]["note"] or ""
+        if refusal.startswith("refused: "):  # Lambda, custom classes, a damaged config: bad input, said once
+            raise InputError(args.file, refusal.removeprefix("refused: "))
         return 0
     if args.legacy_command == "export" and not (args.h5 or args.yaml or args.weights):
         raise InputError("legacy export", "name at least one file to write: --h5, --yaml or --weights")

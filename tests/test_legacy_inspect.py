@@ -89,15 +89,16 @@ def test_files_naming_notebook_functions_predict_and_evaluate(notebook_files, wh
     assert 0 <= scored["accuracy"] <= 1 and np.isfinite(scored["loss"]) and scored["test_images"] == 10_000
 
 
-def test_inspect_says_the_optimizer_state_does_not_load_and_why(notebook_files):
-    """The Keras 3 model compiles with the name, and fails only at its first evaluate or fit step: the dry run
-    looks the names up as Keras will."""
+def test_inspect_says_what_the_training_config_leaves_out(notebook_files):
+    """A notebook's metric is left out and the optimizer state still loads (the note names the metric); a
+    notebook's loss stops the optimizer state, since the model cannot train without it, and the note says so."""
     report = inspect_model_file(notebook_files["metric"])
     assert report["load"]["architecture"]["restored"] and report["load"]["weights"]["restored"]
-    assert not report["load"]["optimizer_state"]["restored"]
-    assert "'fmeasure'" in report["load"]["optimizer_state"]["note"]
+    state = report["load"]["optimizer_state"]
+    assert state["restored"] and "at step" in state["note"] and "'fmeasure'" in state["note"], state
     report = inspect_model_file(notebook_files["loss"])
-    assert "'my_loss'" in report["load"]["optimizer_state"]["note"]
+    state = report["load"]["optimizer_state"]
+    assert report["load"]["weights"]["restored"] and not state["restored"] and "'my_loss'" in state["note"], state
 
 
 # --------------------------------------------------------------------------- legacy inspect
@@ -182,7 +183,8 @@ def test_inspect_names_old_dialects(tf_keras, tmp_path):
 
 
 def test_inspect_reports_a_lambda_layer_as_the_refusal(tf_keras, tmp_path):
-    """tf_keras saves a Lambda's Python code in the file; inspect lists the layers and quotes the refusal."""
+    """tf_keras saves a Lambda's Python code in the file; inspect lists the layers and quotes the refusal, and
+    the command prints its page, then the refusal as its one error line (exit status 2), nothing run."""
     layers = tf_keras.layers
     inputs = layers.Input((4,))
     doubled = layers.Lambda(lambda x: x * 2, name="double")(inputs)
@@ -192,6 +194,9 @@ def test_inspect_reports_a_lambda_layer_as_the_refusal(tf_keras, tmp_path):
     assert not report["load"]["architecture"]["restored"] and not report["load"]["weights"]["restored"]
     assert "refused: layer 'double' names class 'Lambda'" in report["load"]["architecture"]["note"]
     assert "architecture:    no: refused: layer 'double'" in format_inspection(report)
+    result = cli("legacy", "inspect", str(tmp_path / "lambda.h5"))
+    assert_clean_error(result, "lambda.h5", "'Lambda'")
+    assert "architecture:    no: refused" in result.stdout
 
 
 # --------------------------------------------------------------------------- files that are something else

@@ -11,6 +11,9 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import json
 import math
 import re
@@ -299,8 +302,10 @@ def _dry_run(path, kind: str, model_config) -> tuple[dict, object]:
 
 
 def _load_h5(path, result: dict):
+    left_out = io.StringIO()
     try:
-        model = load_legacy_h5(path, compile=True)
+        with contextlib.redirect_stderr(left_out):  # what a full load leaves out (errors.notice): for the note
+            model = load_legacy_h5(path, compile=True)
     except InputError as err:
         model = load_legacy_h5(path, compile=False)  # an InputError now is about the weights
         result["weights"]["restored"] = True
@@ -308,41 +313,11 @@ def _load_h5(path, result: dict):
                                              "restarts its optimizer)")
         return model
     result["weights"]["restored"] = True
-    unknown = _unknown_names(model.get_compile_config())
-    if unknown:  # Keras resolves these names only at the first evaluate or fit step
-        model = load_legacy_h5(path, compile=False)
-        result["optimizer_state"]["note"] = (f"the training config names {unknown}, which is not a Keras loss or "
-                                             "metric (predict and evaluate load without it)")
-        return model
     _note_optimizer(model, result, saved_state="optimizer_weights")
+    notices = [line.partition(": ")[2] for line in left_out.getvalue().splitlines() if line.strip()]
+    if notices:
+        result["optimizer_state"]["note"] = "; ".join([result["optimizer_state"]["note"], *notices])
     return model
-
-
-# Metric names compile() takes that keras.metrics.get does not: it picks their variant from the loss.
-_COMPILE_ONLY_METRICS = frozenset({"accuracy", "acc", "crossentropy", "ce"})
-
-
-def _unknown_names(compile_config: dict) -> str | None:
-    """The first loss or metric name in a compiled model's config that Keras cannot resolve, quoted."""
-    def names(value):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                yield from names(item)
-        elif isinstance(value, dict) and "class_name" not in value:
-            for item in value.values():
-                yield from names(item)
-
-    checks = [(name, keras.losses.get) for name in names(compile_config.get("loss"))]
-    checks += [(name, keras.metrics.get) for key in ("metrics", "weighted_metrics")
-               for name in names(compile_config.get(key)) if name.lower() not in _COMPILE_ONLY_METRICS]
-    for name, get in checks:
-        try:
-            get(name)
-        except ValueError:
-            return repr(name)
-    return None
 
 
 def _load_keras(path, result: dict):
