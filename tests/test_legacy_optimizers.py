@@ -226,12 +226,13 @@ def test_keras_2_optimizers_round_trip_through_a_keras_file(case, reference, tmp
 # --- older dialects, forged from tf_keras's files ----------------------------------------------------------
 
 def forge(source, target, case, *, iterations="{name}/iterations:0", schedule=True, hyperparameters=(),
-          placeholders=False, lexical=False, keys=None, indexed=()):
+          placeholders=False, lexical=False, keys=None, indexed=(), steps_dtype=None):
     """Rewrite tf_keras's ``optimizer_weights`` as Keras 2.0-2.2 saved them: ``training/<Opt>/Variable_N:0``
     numbered in Keras 2's order, ``iterations`` (or none when ``iterations`` is None), Nadam's ``m_schedule``
     (or none), scalar hyperparameters after the iteration count, amsgrad's (1,) placeholders; ``lexical`` lists
     the names as h5py sorts them (``Variable_10`` after ``Variable_1``); ``keys`` renames config keys;
-    ``indexed`` names each kind of slot as Keras 2.3 did, ``training/Adam/m_0:0`` ... ``v_0:0`` ..."""
+    ``indexed`` names each kind of slot as Keras 2.3 did, ``training/Adam/m_0:0`` ... ``v_0:0`` ...;
+    ``steps_dtype`` stores the iteration count in another type (Keras 2.0.0-2.0.6: float32)."""
     name = CASES[case][0]
     shutil.copy(source, target)
     with h5py.File(target, "r+") as f:
@@ -241,7 +242,7 @@ def forge(source, target, case, *, iterations="{name}/iterations:0", schedule=Tr
         steps, values = values[0], values[1:]
         scalars = []
         if iterations:
-            scalars.append((iterations.format(name=name), steps))
+            scalars.append((iterations.format(name=name), steps.astype(steps_dtype or steps.dtype)))
         if name == "Nadam":
             cache, values = values[0], values[1:]
             if schedule:
@@ -281,6 +282,8 @@ DIALECTS = {
     "keras_2_3_nadam_with_schedule": ("nadam", dict(schedule=True)),
     # Keras 2.1.3-2.2's Adam kept (1,) placeholders for amsgrad's maxima when amsgrad was off
     "keras_2_1_3_adam_placeholders": ("adam", dict(placeholders=True)),
+    # Keras 2.0.0-2.0.6 kept the iteration count in a float32 variable, unnamed moments after it
+    "keras_2_0_adam_float_iterations": ("adam", dict(iterations="iterations:0", steps_dtype="float32")),
     # Keras 2.3 named each kind of slot with the weight's index: m_0 .. m_N, v_0 .., and vhat_0 .. placeholders
     "keras_2_3_adam_indexed": ("adam", dict(placeholders=True, indexed=("m", "v", "vhat"))),
     "keras_2_3_rmsprop_indexed": ("rmsprop", dict(indexed=("accumulator",))),
