@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 import json
 import math
 import re
@@ -25,6 +24,7 @@ import keras
 from ..errors import InputError
 from .architecture import model_from_keras2_config
 from .files import load_legacy_h5, load_yaml_file
+from .optimizer import ITERATIONS
 from .safety import (get_dataset, get_group, open_h5, parse_json, parse_keras2_yaml, read_names,
                      read_text_attribute, read_text_file)
 
@@ -39,7 +39,6 @@ YAML_SUFFIXES, JSON_SUFFIXES = (".yaml", ".yml"), (".json",)
 KERAS_METADATA = "metadata.json"
 
 # Optimizer variable names, by the Keras that wrote them (only names are looked at).
-_ITERATIONS = re.compile(r"(^|/)iter(ation|ations)?(:0)?$")
 _NAMINGS = (  # (pattern every moment's name matches, what wrote it)
     (re.compile(r"(^|/)Variable(_\d+)?(:0)?$"), "numbered Variable_N (Keras 2.0-2.2 on TensorFlow)"),
     (re.compile(r"^[^/]+/(m|v|vhat)/"), "Optimizer/m/WEIGHT (tf.keras 2.11+)"),
@@ -155,8 +154,8 @@ def _training(training, f, source, features: list) -> dict:
 def _optimizer_naming(names: list) -> list:
     if not names:
         return []
-    counter = "with" if any(_ITERATIONS.search(name) for name in names) else "without"
-    moments = [name for name in names if not _ITERATIONS.search(name)]
+    counter = "with" if any(ITERATIONS.search(name) for name in names) else "without"
+    moments = [name for name in names if not ITERATIONS.search(name)]
     style = next((style for pattern, style in _NAMINGS if moments and all(map(pattern.search, moments))),
                  "named after the weights they follow")
     return [f"optimizer weights {style}, {counter} an iterations variable"]

@@ -262,7 +262,7 @@ def compile_from_keras2(model: keras.Model, training_config, source) -> keras.Mo
 # ---------------------------------------------------------------------------
 
 # Names Keras 2 releases gave their optimizer variables ("iterations_4:0" when a session held several).
-_ITERATIONS = re.compile(r"(^|/)iter(ation|ations)?(_\d+)?(:0)?$")
+ITERATIONS = re.compile(r"(^|/)iter(ation|ations)?(_\d+)?(:0)?$")
 _MOMENTUM_SCHEDULE = re.compile(r"(^|/)(m_schedule|momentum_cache)(_\d+)?(:0)?$")  # Nadam's
 _HYPERPARAMETER_NAMES = ("lr", "learning_rate", "beta_1", "beta_2", "decay", "epsilon", "rho", "momentum",
                          "schedule_decay", "initial_accumulator_value")
@@ -337,7 +337,7 @@ def restore_optimizer_state(model: keras.Model, group: h5py.Group, source) -> No
     entries = [(name, get_dataset(group, name, source, "optimizer_weights")) for name in names]
     if not entries:
         return
-    steps = [(name, d) for name, d in entries if _ITERATIONS.search(name)]
+    steps = [(name, d) for name, d in entries if ITERATIONS.search(name)]
     if len(steps) > 1 or (steps and steps[0][0] != entries[0][0]) or (not steps and spec.steps_always_saved):
         raise InputError(source, f"optimizer_weights does not start with {spec.name}'s iteration count: "
                                  f"{names[:3]}")
