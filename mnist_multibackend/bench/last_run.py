@@ -85,7 +85,8 @@ def read(here: dict) -> dict:
         return _unreadable(found, problem)
     recorded = summary["machine"]
     if any(recorded.get(key) != here.get(key) for key in SAME_CPU_KEYS):
-        features = ", ".join(recorded.get("cpu_features") or []) or "none of note"
+        features = recorded.get("cpu_features")
+        features = "not recorded" if features is None else ", ".join(features) or "none of note"
         return {**found, "status": "other cpu", "recorded": summary,
                 "message": f"the last benchmark ran on another CPU ({recorded.get('cpu')}, features: {features}), "
                            "so it says nothing about this one: mnist-mb bench --quick"}
