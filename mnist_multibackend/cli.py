@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     race.add_argument("--out", default="runs/time-to-accuracy", help="folder to write (default: runs/time-to-accuracy)")
     race.add_argument("--data", help="as for train")
 
+    doctor = _subcommand(commands, "doctor", help="show what decides speed here: CPU features, each backend's "
+                                                  "version, oneDNN, threads, XLA flags and GPUs, and the last bench's "
+                                                  "fastest backend")
+    doctor.add_argument("--json", action="store_true", help="one JSON object instead of the readable page")
+    doctor.add_argument("--backends", type=_backend_list, default=BACKENDS,
+                        help=f"comma-separated, the backends to probe (default: {','.join(BACKENDS)})")
+
     predict = _subcommand(commands, "predict", help="classify digits: image files, CSV rows, IDX or .npy files")
     _add_runtime_flags(predict)
     predict.add_argument("model", help="model file (.keras, or a Keras 2 full-model .h5)")
@@ -388,6 +395,16 @@ def run_time_to_accuracy(args) -> int:
     return 1 if failed(results["runs"]) else 0
 
 
+def run_doctor(args) -> int:
+    # No Keras in this process: each backend is probed in a fresh worker process.
+    from .bench.workers import failed
+    from .doctor import format_report, report
+
+    found = report(args.backends, echo=args.verbose)
+    print(json.dumps(found) if args.json else format_report(found))
+    return 1 if failed(found["backends"].values()) else 0  # a probe that crashed; not a missing backend
+
+
 def run_predict(args) -> int:
     from .predict import format_predictions, load_inputs
 
@@ -423,7 +440,8 @@ def _print_report(summary: dict) -> None:
 
 
 COMMANDS = {"convert": run_convert, "train": run_train, "evaluate": run_evaluate, "legacy": run_legacy,
-            "bench": run_bench, "time-to-accuracy": run_time_to_accuracy, "predict": run_predict, "report": run_report}
+            "bench": run_bench, "time-to-accuracy": run_time_to_accuracy, "doctor": run_doctor,
+            "predict": run_predict, "report": run_report}
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,12 @@ Each name, what it is needed for, and why no public API serves:
 - JAX backend: ``model._get_jax_state``. The state tuple ``model.train_step``
   takes on JAX, in ``benchmarks/profile_jax.py`` and
   ``benchmarks/jax_cpu_remedies.py`` (``jax_train_state``).
+- TensorFlow-private, not Keras's, but kept here so that one module holds every
+  private name: ``tensorflow.python.util._pywrap_util_port.IsMklEnabled``, whether
+  TensorFlow's oneDNN kernels are on in this process (``tensorflow_onednn_enabled``),
+  recorded with every result (``runtime.onednn_state``) and shown by ``mnist-mb doctor``.
+  TensorFlow decides it at import from ``TF_ENABLE_ONEDNN_OPTS`` and the CPU's
+  features; no public API tells.
 
 Import this module only after ``runtime.start()`` has chosen the backend.
 """
@@ -58,6 +64,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import tempfile
 
 import keras
@@ -241,6 +248,16 @@ def jax_train_state(model: keras.Model) -> tuple:
                                                optimizer_variables=True, metrics_variables=True)
 
 
+# --------------------------------------------------------------------------- TensorFlow's oneDNN
+
+_TF_UTIL_PORT = "tensorflow.python.util._pywrap_util_port"
+
+
+def tensorflow_onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process (imports TensorFlow if it is not loaded)."""
+    return bool(_private(_TF_UTIL_PORT, "IsMklEnabled")())
+
+
 # --------------------------------------------------------------------------- check
 
 def _tiny_model() -> keras.Model:
@@ -363,11 +380,22 @@ def _check_jax_state() -> None:
         raise KerasPrivateError(f"model._get_jax_state gives {len(state)} groups, not the 4 that train_step takes")
 
 
+def _check_tensorflow_onednn() -> None:
+    if keras.backend.backend() != "tensorflow":  # a JAX process does not load TensorFlow to ask
+        return
+    enabled = _private(_TF_UTIL_PORT, "IsMklEnabled")()
+    wanted = {"1": True, "0": False}.get(os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""))
+    if not isinstance(enabled, bool) or wanted not in (None, enabled):
+        raise KerasPrivateError(f"{_TF_UTIL_PORT}.IsMklEnabled() gives {enabled!r} with TF_ENABLE_ONEDNN_OPTS="
+                                f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+
+
 CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
           "unallocated builds": _check_unallocated_parameters,
           "Adam slots": _check_adam_slots, "optimizer slots": _check_optimizer_slots,
           "BackupAndRestore hooks": _check_backup_and_restore,
-          "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state}
+          "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state,
+          "TensorFlow oneDNN state": _check_tensorflow_onednn}
 
 
 def check() -> None:

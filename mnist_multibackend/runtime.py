@@ -276,36 +276,93 @@ def make_deterministic(seed: int, backend: str) -> None:
 
 # The CPU features that decide which kernels the backends run: TensorFlow turns its oneDNN kernels
 # on by default only with AVX-512 VNNI/BF16 or AMX, and measured speeds differ 3-4x between hosts.
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+# Named as Linux's /proc/cpuinfo names them.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return info.read()
+    except OSError:  # not Linux, or a sandbox without /proc
+        return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """Every flag of the CPU's ``flags`` line in ``/proc/cpuinfo``; None where there is none (not an x86 CPU
+    (ARM lists ``Features`` instead), or no ``/proc/cpuinfo``): its features are then unknown."""
+    if cpuinfo is None:
+        cpuinfo = _read_cpuinfo()
+    lines = (cpuinfo or "").splitlines()
+    return next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
 
 
 def cpu_features(cpuinfo: str | None = None) -> list[str]:
     """Which of ``CPU_FEATURES`` this CPU has (from ``/proc/cpuinfo``; empty where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as info:
-                cpuinfo = info.read()
-        except OSError:
-            return []
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags(cpuinfo) or []
     return [feature for feature in CPU_FEATURES if feature in flags]
 
 
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def onednn_state() -> dict:
+    """TensorFlow's oneDNN kernels in this process, and the variable that turns them on or off.
+
+    ``tensorflow_onednn`` is True or False as TensorFlow decided when it was imported, or None when
+    TensorFlow computes nothing here: not loaded (a JAX process; importing it only to ask would cost
+    seconds and memory), or loaded by Keras on the JAX backend only to write a saved model.
+    """
+    enabled = None
+    keras = sys.modules.get("keras")
+    if "tensorflow" in sys.modules and (keras is None or keras.backend.backend() == "tensorflow"):
+        from .keras_private import KerasPrivateError, tensorflow_onednn_enabled
+
+        try:
+            enabled = tensorflow_onednn_enabled()
+        except KerasPrivateError:  # a TensorFlow without the name: record "unknown" rather than lose a run's
+            pass  # results; tests/test_keras_private.py fails on it
+    return {"tensorflow_onednn": enabled, ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE)}
+
+
+def onednn_phrase(host: dict) -> str | None:
+    """``TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)``; None when the record has no TensorFlow state."""
+    enabled = host.get("tensorflow_onednn")
+    if enabled is None:
+        return None
+    setting = host.get(ONEDNN_VARIABLE)
+    return f"TensorFlow oneDNN {'on' if enabled else 'off'}" + \
+        (f" ({ONEDNN_VARIABLE}={setting})" if setting is not None else f" ({ONEDNN_VARIABLE} unset)")
+
+
 def cpu_line(host: dict) -> str:
-    """``AMD EPYC (features: avx2, fma), 2 cores``: how results files name the machine."""
+    """``AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN off (TF_ENABLE_ONEDNN_OPTS unset)``:
+    how results files name the machine (the oneDNN part only where TensorFlow ran)."""
     features = host.get("cpu_features")
     named = ", ".join(features) if features else "not recorded" if features is None else "none of note"
-    return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores"
+    onednn = onednn_phrase(host)
+    return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + (f", {onednn}" if onednn else "")
 
 
 def machine() -> dict:
-    """The host, as recorded beside every measured figure."""
+    """The host, as recorded beside every measured figure; with TensorFlow's oneDNN state in this process."""
     cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpuinfo = _read_cpuinfo()
+    cpu = next((line.split(":", 1)[1].strip() for line in (cpuinfo or "").splitlines()
+                if line.startswith("model name")), cpu)
     # The load average says whether other work shared the cores during a measurement.
-    return {"cpu": cpu, "cpu_features": cpu_features(), "cores": os.cpu_count(), "system": platform.platform(),
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "cores": os.cpu_count(),
+            "system": platform.platform(), "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def results_machine(hosts: list[dict]) -> dict:
+    """The machine of a results file, from its workers' records (``hosts``, without load averages):
+    the first one's, with TensorFlow's oneDNN state from a worker that loaded TensorFlow."""
+    if not hosts:
+        return {k: v for k, v in machine().items() if k != "load_average_1min"}
+    host = dict(hosts[0])
+    tensorflow = next((h for h in hosts if h.get("tensorflow_onednn") is not None), None)
+    if tensorflow is not None:
+        host.update({key: tensorflow.get(key) for key in ("tensorflow_onednn", ONEDNN_VARIABLE)})
+    return host

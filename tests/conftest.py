@@ -34,6 +34,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs the {' or '.join(wanted)} backend, running {BACKEND}"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The benchmarks the tests run must not replace the user's last-bench summary (mnist-mb doctor reads it)."""
+    os.environ["MNIST_MB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import keras

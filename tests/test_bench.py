@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import BACKEND, assert_clean_error, cli
 from mnist_multibackend import data
-from mnist_multibackend.bench import datapath, flops
+from mnist_multibackend.bench import datapath, flops, last_run
 from mnist_multibackend.bench.core import batches, spec_from_keras
 from mnist_multibackend.model import build_model, compile_model
-from mnist_multibackend.runtime import BACKENDS
+from mnist_multibackend.runtime import BACKENDS, cpu_features
 
 ROW_KEYS = {"backend", "device", "replicas", "batch_size", "mode", "impl", "status", "images_per_second",
             "gflops", "pct_of_peak", "compile_seconds", "load_average_1min"}
@@ -99,6 +99,8 @@ def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
             assert r["compile_seconds"] > 0 and r["load_average_1min"] >= 0
             assert len(r["window_images_per_second"]) == results["windows"] >= 5
             assert r["machine"]["cores"] >= 1 and r["machine"]["versions"][backend]
+            # TensorFlow's oneDNN state where TensorFlow computed, None in a JAX worker
+            assert isinstance(r["machine"]["tensorflow_onednn"], bool) == (backend == "tensorflow")
             if r["impl"] == "keras":
                 assert r["keras_to_raw"] > 0
             else:
@@ -122,6 +124,15 @@ def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
     with Image.open(out / "results.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 600 and chart.size[1] > 300
     assert "| tensorflow | cpu |" in result.stdout  # the table is printed too
+    # mnist-mb doctor's answer for this machine: the fastest Keras row per mode, and where the results are
+    summary = json.loads(last_run.cache_path().read_text())
+    keras_rows = [r for r in rows if r["status"] == "ok" and r["impl"] == "keras"]
+    for mode in ("train", "infer"):
+        best = max((r for r in keras_rows if r["mode"] == mode), key=lambda r: r["images_per_second"])
+        assert summary["fastest"][mode]["images_per_second"] == best["images_per_second"]
+        assert summary["fastest"][mode]["backend"] == best["backend"]
+    assert summary["results"] == str(out.resolve()) and summary["machine"]["cpu_features"] == cpu_features()
+    assert "TensorFlow oneDNN" in report.splitlines()[3]  # the Machine line
 
 
 def test_bench_without_data_is_one_clean_error(tmp_path):

@@ -9,6 +9,7 @@ traceback. Bad input stays one ``mnist-mb: error:`` line and exit status 2
 import json
 
 from conftest import cli
+from mnist_multibackend.bench import last_run
 from mnist_multibackend.bench.workers import run_worker
 
 # XLA aborts the process when XLA_FLAGS names a flag it does not know: a JAX worker that crashes as it starts.
@@ -40,7 +41,9 @@ def test_a_crashed_time_to_accuracy_worker_is_an_error_row_and_exit_status_1(tmp
 
 def test_crashed_bench_workers_are_error_rows_and_exit_status_1(tmp_path, mnist_dir):
     out = tmp_path / "bench"
-    result = cli("bench", "--quick", "--backends", "jax", "--data", mnist_dir, "--out", out, env=CRASHING_JAX)
+    cache = tmp_path / "cache"
+    result = cli("bench", "--quick", "--backends", "jax", "--data", mnist_dir, "--out", out,
+                 env={**CRASHING_JAX, last_run.CACHE_VARIABLE: str(cache)})
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     results = json.loads((out / "results.json").read_text())
@@ -50,3 +53,4 @@ def test_crashed_bench_workers_are_error_rows_and_exit_status_1(tmp_path, mnist_
     assert results["data_path"]["csv_identical"]  # what needs no worker is still measured
     assert "- jax cpu: error (exit status" in (out / "results.md").read_text()
     assert (out / "results.png").exists()
+    assert not cache.exists()  # nothing measured: mnist-mb doctor keeps the last bench that measured something

@@ -23,7 +23,8 @@ PRIVATE_PATTERNS = [r"\bkeras\.src",  # not tf_keras.src, a module name Keras 2 
                     r"_load_model", r"_save_model", r"_get_jax_state",
                     r"SafeModeScope", r"_weights_path", r"_training_metadata_path", r"_current_epoch",
                     r"_get_variable_index", r"_u_product", r"_backend_update_step", r"_accumulators",
-                    r"_average_gradients", r"_accumulated_grads", r"_accumulated_delta_vars"]
+                    r"_average_gradients", r"_accumulated_grads", r"_accumulated_delta_vars",
+                    r"_pywrap_util_port", r"IsMklEnabled"]
 
 
 def small_model(units=2) -> keras.Model:
@@ -174,6 +175,18 @@ def test_jax_train_state_is_what_train_step_takes():
             np.testing.assert_array_equal(np.asarray(value), keras.ops.convert_to_numpy(variable))
     logs, new_state = jax.jit(model.train_step)(state, (x, y, None))
     assert jax.tree.structure(new_state) == jax.tree.structure(state) and np.isfinite(float(logs["loss"]))
+
+
+@pytest.mark.tensorflow
+def test_the_onednn_state_is_what_tensorflow_decided_at_import():
+    import os
+
+    from tensorflow.python.framework import test_util  # TensorFlow's own test helper over the same call
+
+    assert keras_private.tensorflow_onednn_enabled() is test_util.IsMklEnabled()
+    chosen = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if chosen in ("0", "1"):
+        assert keras_private.tensorflow_onednn_enabled() is (chosen == "1")
 
 
 def test_no_other_module_touches_keras_private_names():

@@ -77,3 +77,16 @@ def test_results_files_name_the_cpu_with_its_features():
         "AMD EPYC (features: avx2, fma), 2 cores"
     # results written before the features were recorded say so rather than suggest the CPU has none
     assert cpu_line({"cpu": "AMD EPYC", "cores": 2}) == "AMD EPYC (features: not recorded), 2 cores"
+
+
+def test_results_files_name_tensorflows_onednn_state_from_a_tensorflow_worker():
+    from mnist_multibackend.runtime import cpu_line, results_machine
+
+    jax_host = {"cpu": "AMD EPYC", "cpu_features": ["avx2", "fma"], "cores": 2, "tensorflow_onednn": None,
+                "TF_ENABLE_ONEDNN_OPTS": None}
+    tensorflow_host = {**jax_host, "tensorflow_onednn": True, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert cpu_line(jax_host) == "AMD EPYC (features: avx2, fma), 2 cores"  # TensorFlow computed nothing there
+    assert cpu_line(results_machine([jax_host, tensorflow_host])) == \
+        "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)"
+    assert cpu_line({**jax_host, "tensorflow_onednn": False}) == \
+        "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN off (TF_ENABLE_ONEDNN_OPTS unset)"

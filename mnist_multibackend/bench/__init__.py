@@ -15,6 +15,8 @@ and read its one JSON answer (``workers``, the protocol and its failure policy).
 - ``core``, ``raw_jax``, ``raw_tf``: the same network without Keras, as references.
 - ``datapath``: IDX -> CSV conversion and CSV loading, against the original per-byte loop.
 - ``report``: ``results.json`` and ``results.md`` for every benchmark; the bench's table and chart.
+- ``last_run``: the per-user summary of the last bench (the fastest backend per mode, on which CPU)
+  that ``mnist-mb doctor`` reads.
 
 Nothing here imports Keras at import time: a worker chooses its backend
 first, as the command line does. The one-off studies built on these modules

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 from mnist_multibackend.atomic import temporary_folder  # noqa: E402
 from mnist_multibackend.errors import require_at_least  # noqa: E402
 from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
-from mnist_multibackend.runtime import BACKENDS, cpu_line, machine  # noqa: E402
+from mnist_multibackend.runtime import BACKENDS, cpu_line, results_machine  # noqa: E402
 
 from .report import exit_status, write_results  # noqa: E402
 from .workers import answer_json, run_worker  # noqa: E402
@@ -77,7 +77,7 @@ def run(config: TimeToAccuracyConfig) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "load_average_before": load_before,
         "target": TARGET_ACCURACY,
-        "machine": hosts[0] if hosts else {k: v for k, v in machine().items() if k != "load_average_1min"},
+        "machine": results_machine(hosts),
         "summary": summarise(runs),
         "runs": runs,
     }

@@ -1,0 +1,298 @@
+"""``mnist-mb doctor`` and the machine record every result carries: CPU features, TensorFlow's oneDNN state,
+and the last bench's answer, read only for the CPU it was measured on."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+from conftest import assert_clean_error, cli
+from mnist_multibackend import doctor
+from mnist_multibackend.bench import last_run
+from mnist_multibackend.runtime import cpu_features, cpu_flags, cpu_line, machine
+
+# The flags lines of real hosts' /proc/cpuinfo (first processor only).
+EPYC_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht \
+syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid tsc_known_freq \
+pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm \
+cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext invpcid_single ssbd ibrs ibpb stibp vmmcall \
+fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 \
+xsaves clzero xsaveerptr arat npt nrip_save umip vaes vpclmulqdq rdpid fsrm
+vmx flags\t: vmx_rflags
+bugs\t\t: sysret_ss_attrs null_seg spectre_v1 spectre_v2 spec_store_bypass srso
+"""
+EPYC_AVX512 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9B14
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht \
+syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid tsc_known_freq \
+pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm \
+cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext invpcid_single ssbd ibrs ibpb stibp vmmcall \
+fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid avx512f avx512dq rdseed adx smap avx512ifma clflushopt clwb \
+avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves avx512_bf16 clzero xsaveerptr wbnoinvd arat npt \
+nrip_save avx512vbmi umip pku ospke avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni avx512_bitalg avx512_vpopcntdq \
+rdpid fsrm
+bugs\t\t: sysret_ss_attrs null_seg spectre_v1 spectre_v2 spec_store_bypass srso
+"""
+XEON_AMX = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss ht \
+syscall nx pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpuid tsc_known_freq pni pclmulqdq \
+ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm abm \
+3dnowprefetch invpcid_single ssbd ibrs ibpb stibp ibrs_enhanced fsgsbase tsc_adjust bmi1 hle avx2 smep bmi2 erms \
+invpcid rtm avx512f avx512dq rdseed adx smap avx512ifma clflushopt clwb avx512cd sha_ni avx512bw avx512vl xsaveopt \
+xsavec xgetbv1 xsaves avx_vnni avx512_bf16 arat avx512vbmi umip pku ospke waitpkg avx512_vbmi2 gfni vaes vpclmulqdq \
+avx512_vnni avx512_bitalg avx512_vpopcntdq la57 rdpid cldemote movdiri movdir64b fsrm md_clear serialize tsxldtrk \
+amx_bf16 avx512_fp16 amx_tile amx_int8 arch_capabilities
+"""
+GRAVITON2 = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, features", [
+    (EPYC_AVX2, ["avx2", "fma"]),
+    (EPYC_AVX512, ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]),
+    (XEON_AMX, ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+                "amx_bf16", "amx_int8"]),
+    (GRAVITON2, []),
+], ids=["epyc-milan-avx2", "epyc-genoa-avx512", "xeon-sapphire-rapids-amx", "graviton2-aarch64"])
+def test_cpu_features_of_real_cpuinfo(cpuinfo, features):
+    assert cpu_features(cpuinfo) == features
+    # Only an x86 flags line makes the features known; ARM lists "Features", which names none of these.
+    assert (cpu_flags(cpuinfo) is None) == (cpuinfo is GRAVITON2)
+
+
+def _page(**machine_facts) -> str:
+    """The doctor's page for this machine without probing a backend, its machine facts replaced as given."""
+    found = doctor.report(backends=())
+    found["machine"].update(machine_facts)
+    return doctor.format_report(found)
+
+
+def test_a_cpu_without_x86_flags_has_unknown_features():
+    page = _page(cpu="aarch64", cpu_features=cpu_features(GRAVITON2), cpu_features_known=cpu_flags(GRAVITON2) is not None,
+                 architecture="aarch64")
+    assert "features     unknown (no x86 flags in /proc/cpuinfo; aarch64)" in page.splitlines()
+    avx2 = _page(cpu_features=cpu_features(EPYC_AVX2), cpu_features_known=True)
+    assert "features     avx2, fma (no AVX-512, no AMX)" in avx2.splitlines()
+
+
+# --------------------------------------------------------------------------- the last bench's summary
+
+def bench_results(host: dict, out) -> dict:
+    """Results as matrix.run_benchmarks returns them: a faster raw row and an error row must not count."""
+    def row(backend, impl, mode, images_per_second, batch_size=128, device="cpu"):
+        return {"backend": backend, "device": device, "replicas": 1, "impl": impl, "mode": mode,
+                "batch_size": batch_size, "images_per_second": images_per_second, "status": "ok"}
+
+    rows = [row("tensorflow", "keras", "train", 627.0), row("tensorflow", "raw", "train", 785.0),
+            row("jax", "keras", "train", 306.0), row("jax", "keras", "train", 350.0, batch_size=512),
+            row("tensorflow", "keras", "infer", 4100.0), row("jax", "keras", "infer", 6214.0),
+            row("jax", "raw", "infer", 9000.0),
+            {"backend": "jax", "device": "gpu", "replicas": 1, "status": "error", "reason": "crashed",
+             "impl": None, "mode": None, "images_per_second": None}]
+    return {"finished_at": "2026-12-01T18:00:00+00:00", "command": f"mnist-mb bench --quick --out {out}",
+            "quick": True, "machine": host, "rows": rows}
+
+
+def test_the_bench_summary_names_the_fastest_keras_row_per_mode_for_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path / "cache"))
+    host = {k: v for k, v in machine().items() if k != "load_average_1min"}
+    written = last_run.record(bench_results(host, tmp_path / "bench"), tmp_path / "bench")
+    assert written == tmp_path / "cache" / "last-bench.json"
+    assert os.listdir(tmp_path / "cache") == ["last-bench.json"]  # written through a temporary, renamed
+    found = last_run.read(machine())
+    assert found["status"] == "this machine"
+    assert found["fastest"]["train"] == {"backend": "tensorflow", "device": "cpu", "batch_size": 128, "replicas": 1,
+                                         "images_per_second": 627.0}
+    assert found["fastest"]["infer"]["backend"] == "jax" and found["fastest"]["infer"]["images_per_second"] == 6214.0
+    assert found["results"] == str((tmp_path / "bench").resolve())
+    assert found["machine"]["cpu_features"] == cpu_features()
+    lines = _page().splitlines()
+    assert "  training   tensorflow on cpu, batch 128: 627 images/s" in lines
+    assert "  inference  jax on cpu, batch 128: 6,214 images/s" in lines
+
+
+def test_no_bench_yet_says_how_to_run_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
+    assert last_run.read(machine())["status"] == "missing"
+    assert "last bench   no benchmark run on this machine yet: mnist-mb bench --quick" in _page().splitlines()
+
+
+def test_a_bench_from_another_cpu_is_not_this_machines_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
+    here = machine()
+    other_features = cpu_features(EPYC_AVX512 if here["cpu_features"] != cpu_features(EPYC_AVX512) else EPYC_AVX2)
+    host = {**here, "cpu_features": other_features}
+    last_run.record(bench_results(host, tmp_path / "bench"), tmp_path / "bench")
+    found = last_run.read(here)
+    assert found["status"] == "other cpu" and "fastest" not in found
+    assert found["recorded"]["machine"]["cpu_features"] == other_features
+    page = _page()
+    assert "the last benchmark ran on another CPU" in page and ", ".join(other_features) in page
+    assert "images/s" not in page  # no figure offered as this machine's
+
+
+@pytest.mark.parametrize("text", ["{\"schema\": 1, \"machine\": {", "[1, 2]", "\xff\xfe not text",
+                                  json.dumps({"schema": 1, "machine": {}, "fastest": {"train": {"backend": 7}}})],
+                         ids=["truncated", "a list", "binary", "damaged-entry"])
+def test_a_corrupt_summary_is_a_notice(tmp_path, monkeypatch, text):
+    monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
+    (tmp_path / "last-bench.json").write_bytes(text.encode("latin-1"))
+    found = last_run.read(machine())
+    assert found["status"] == "unreadable"
+    assert found["message"].startswith(f"cannot read {tmp_path / 'last-bench.json'} (")
+    assert found["message"] in _page()
+
+
+def test_the_cache_folder_follows_xdg_unless_overridden(tmp_path, monkeypatch):
+    monkeypatch.delenv(last_run.CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert last_run.cache_path() == tmp_path / "mnist-multibackend" / "last-bench.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert last_run.cache_path() == tmp_path / "home" / ".cache" / "mnist-multibackend" / "last-bench.json"
+
+
+# --------------------------------------------------------------------------- the command, real probes
+
+@pytest.fixture(scope="module")
+def doctor_json(tmp_path_factory):
+    """``mnist-mb doctor --json`` probing both backends, with a damaged last-bench file in its cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "last-bench.json").write_text("{\"schema\": 1, ")
+    result = cli("doctor", "--json", env={last_run.CACHE_VARIABLE: str(cache)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 1  # one JSON object, nothing else on stdout
+    return json.loads(result.stdout)
+
+
+def tensorflow_process(env=None) -> dict:
+    """What a fresh process that starts TensorFlow as the project does gets from TensorFlow itself."""
+    code = ("import json, os\nfrom mnist_multibackend.runtime import start\nstart('tensorflow', 'cpu')\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(json.dumps({'enabled': _pywrap_util_port.IsMklEnabled(), "
+            "'value': os.environ.get('TF_ENABLE_ONEDNN_OPTS')}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_doctor_json_describes_this_machine_and_both_backends(doctor_json):
+    assert doctor_json["schema"] == doctor.SCHEMA
+    m = doctor_json["machine"]
+    assert m["cpu_features"] == cpu_features() and m["cpu_features_known"] == (cpu_flags() is not None)
+    assert m["cores"] == os.cpu_count() and m["usable_cores"] == len(os.sched_getaffinity(0))
+    assert m["cpu"] == machine()["cpu"] and m["python"] and m["architecture"]
+    tensorflow, jax = doctor_json["backends"]["tensorflow"], doctor_json["backends"]["jax"]
+    assert tensorflow["status"] == jax["status"] == "ok"
+    assert (tensorflow["version"], jax["version"], jax["jaxlib_version"]) == \
+        (version("tensorflow"), version("jax"), version("jaxlib"))
+    assert tensorflow["keras_version"] == jax["keras_version"] == version("keras")
+    xla_flags = shlex.split(os.environ.get("XLA_FLAGS", ""))
+    assert tensorflow["xla_flags"] == jax["xla_flags"] == xla_flags
+    assert isinstance(tensorflow["onednn"]["enabled"], bool)
+    assert isinstance(tensorflow["built_with_cuda"], bool)
+    assert tensorflow["intra_op_threads"] >= 0 and tensorflow["inter_op_threads"] >= 0
+    assert "cpu" in jax["platforms"] and jax["devices"]
+    for facts in (tensorflow, jax):
+        assert isinstance(facts["gpus"], list)
+        assert bool(facts["gpus"]) != bool(facts.get("why_no_gpu"))  # no GPU: the reason is given
+    assert doctor_json["last_bench"]["status"] == "unreadable"  # a damaged file is a notice, not a crash
+    page = doctor.format_report(doctor_json).splitlines()
+    assert f"tensorflow   {version('tensorflow')} (keras {version('keras')})" in page
+    assert any(line.startswith("  oneDNN     ") for line in page)
+
+
+@pytest.mark.slow
+def test_doctor_reports_the_onednn_state_a_tensorflow_process_has(doctor_json):
+    reference = tensorflow_process()
+    onednn = doctor_json["backends"]["tensorflow"]["onednn"]
+    assert (onednn["enabled"], onednn["TF_ENABLE_ONEDNN_OPTS"]) == (reference["enabled"], reference["value"])
+    assert onednn["set_by"] == ("user" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") is not None else
+                                "mnist-mb" if reference["value"] is not None else None)
+
+
+@pytest.mark.slow
+def test_doctor_reports_the_users_onednn_choice(doctor_json):
+    # The opposite of the default: the state must follow the user's variable, and say who set it.
+    wanted = "0" if doctor_json["backends"]["tensorflow"]["onednn"]["enabled"] else "1"
+    result = cli("doctor", "--backends", "tensorflow", env={"TF_ENABLE_ONEDNN_OPTS": wanted})
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = "on" if wanted == "1" else "off"
+    assert f"  oneDNN     {state} (TF_ENABLE_ONEDNN_OPTS={wanted}, set by you)" in result.stdout.splitlines()
+    assert "jax" not in result.stdout.split("last bench")[0]  # only the backend asked for is probed
+
+
+def test_a_backend_that_cannot_import_is_a_line(tmp_path):
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this TensorFlow is broken on purpose')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "fake"), os.environ.get("PYTHONPATH")]))
+    result = cli("doctor", "--backends", "tensorflow", env={"PYTHONPATH": path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("tensorflow"))
+    assert "not usable: backend: tensorflow is not installed (this TensorFlow is broken on purpose)" in line
+
+
+def test_a_probe_that_crashes_is_a_line_and_exit_status_1():
+    # XLA aborts a process whose XLA_FLAGS names a flag it does not know.
+    result = cli("doctor", "--backends", "jax", env={"XLA_FLAGS": "--xla_no_such_flag"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("jax"))
+    assert line.startswith("jax          not usable: ") and "xla_no_such_flag" in line
+
+
+def test_doctor_refuses_an_unknown_backend():
+    assert_clean_error(cli("doctor", "--backends", "torch"), "unknown backend 'torch'")
+
+
+# --------------------------------------------------------------------------- what every result records
+
+@pytest.fixture(scope="module")
+def train_metrics(trained_run):
+    """metrics.json of the suite's one short real training run (conftest's ``trained_run``)."""
+    return json.loads((trained_run[0] / "metrics.json").read_text())
+
+
+def test_train_metrics_record_the_cpu_features(train_metrics):
+    assert train_metrics["machine"]["cpu_features"] == cpu_features()
+    assert train_metrics["machine"]["TF_ENABLE_ONEDNN_OPTS"] == os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_train_metrics_record_the_onednn_state(train_metrics):
+    from mnist_multibackend.keras_private import tensorflow_onednn_enabled
+
+    # This test process started TensorFlow as mnist-mb train does: the same decision.
+    assert train_metrics["machine"]["tensorflow_onednn"] is tensorflow_onednn_enabled()
+    assert "TensorFlow oneDNN" in cpu_line(train_metrics["machine"])
+
+
+@pytest.mark.jax
+def test_jax_train_metrics_say_tensorflow_computed_nothing(train_metrics):
+    assert train_metrics["machine"]["tensorflow_onednn"] is None
+    assert "oneDNN" not in cpu_line(train_metrics["machine"])
