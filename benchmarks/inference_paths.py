@@ -17,9 +17,7 @@ model is ``build_model`` (the speed does not depend on the weights). Paths:
 - ``project``: ``predict.predict_digits``'s path: ``inference.ForwardPass`` over the
   ``uint8`` digits, each batch converted on the host;
 - ``project-float``: the same over host float32 images (what ``mnist-mb bench`` now times);
-- TensorFlow: ``project-no-xla``, ForwardPass's function without XLA; JAX:
-  ``project-unpipelined``, each batch's outputs copied to the host before the next
-  is dispatched (what ForwardPass's overlap gains);
+- ``project-no-xla`` (TensorFlow): ForwardPass's function without XLA;
 - ``raw-device``: the raw reference (``bench.raw_tf`` / ``bench.raw_jax``) on batches already
   in device memory, compiled with Keras's XLA choice (TensorFlow on a CPU: no XLA), as
   ``mnist-mb bench`` timed it before;
@@ -51,8 +49,7 @@ RATIOS = (("project ÷ predict", "project", "predict"),
           ("project-float ÷ raw-device", "project-float", "raw-device"),
           ("predict ÷ raw-device", "predict", "raw-device"),
           ("project-no-xla ÷ raw-device", "project-no-xla", "raw-device"),
-          ("project ÷ project-no-xla", "project", "project-no-xla"),
-          ("project ÷ project-unpipelined", "project", "project-unpipelined"))
+          ("project ÷ project-no-xla", "project", "project-no-xla"))
 
 
 def parse_args(argv=None):
@@ -129,10 +126,6 @@ def worker(args) -> dict:
             unfused = ForwardPass(model, batch_size, xla=False)
             paths["project-no-xla"] = lambda n: timed(lambda: unfused.predict(digits[:n * batch_size],
                                                                                prepare=data.as_model_input))
-        else:
-            paths["project-unpipelined"] = lambda n: timed(lambda: [
-                np.asarray(forward.dispatch(data.as_model_input(digits[i * batch_size:(i + 1) * batch_size])))
-                for i in range(n)])
         paths["raw-device"] = lambda n: timed(lambda: raw_before.predict(device_batches[:n]))
         paths["raw-host"] = lambda n: timed(lambda: raw_now.predict(host_batches[:n]))
         # Same weights in, same probabilities out, before anything is timed.

@@ -4,8 +4,9 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 
 ``model.predict`` builds a data pipeline, an epoch iterator and callbacks on
 every call and runs each batch through them; on TensorFlow, on a 2-core AVX2
-host, that made inference 0.3x (batch 32) to 0.8x (batch 512) the speed of the
-same forward pass in a bare ``tf.function`` (``python -m benchmarks.inference_paths``).
+host, that made inference 0.37-0.64x the speed of the raw reference's bare
+``tf.function`` at batch 32-500 (``python -m benchmarks.inference_paths``); on
+JAX, Keras's predict was already within noise of the raw reference, and so is this.
 ``ForwardPass`` is that bare function around the model itself: on TensorFlow a
 ``tf.function`` calling ``model(x, training=False)``, on JAX a ``jax.jit`` of
 ``model.stateless_call`` on the variables' current values. The model stays
@@ -13,9 +14,11 @@ a plain Keras model: its weights, layers and saved files are not touched.
 
 Batches have one shape, ``batch_size`` rows (the last one padded with zeros,
 its padding's outputs dropped), so the function is traced and compiled once.
-On JAX a batch is dispatched before the previous batch's outputs are copied
-to the host, so the host's work (converting the next batch) overlaps the
-device's, as in Keras's own JAX loop.
+Each batch's outputs are copied to the host before the next batch is
+converted: dispatching the next batch first, so that converting it overlaps
+the device's work, measured no faster on JAX (0.95-1.04x; converting a batch
+takes well under 1 % of its forward pass), and TensorFlow's CPU calls return
+only when done.
 """
 
 from __future__ import annotations
@@ -57,37 +60,21 @@ class ForwardPass:
         digits into ``float32`` pixels); it sees one batch at a time, so the prepared
         copy of all the inputs is never made.
         """
-        count = len(inputs)
         outputs = None
-        pending = None
-
-        def collect(start, rows, result):
-            nonlocal outputs
-            result = np.asarray(result)  # waits for the device
-            if outputs is None:
-                outputs = np.empty((count, *result.shape[1:]), result.dtype)
-            outputs[start:start + rows] = result[:rows]
-
-        for start in range(0, count, self.batch_size):
+        for start in range(0, len(inputs), self.batch_size):
             batch = inputs[start:start + self.batch_size]
             batch = prepare(batch) if prepare is not None else np.asarray(batch)
-            rows = len(batch)
-            result = self.dispatch(pad_to(batch, self.batch_size))
-            if pending is not None:
-                collect(*pending)
-            pending = (start, rows, result)
-        if pending is not None:
-            collect(*pending)
+            result = np.asarray(self.dispatch(pad_to(batch, self.batch_size)))  # waits for the device
+            if outputs is None:
+                outputs = np.empty((len(inputs), *result.shape[1:]), result.dtype)
+            outputs[start:start + len(batch)] = result[:len(batch)]
         if outputs is None:  # no inputs
             outputs = np.empty((0, *self._output_shape()), np.float32)
         return outputs
 
     def dispatch(self, batch: np.ndarray):
-        """The outputs for one batch of exactly ``batch_size`` inputs, as a backend array.
-
-        On JAX it returns before the device is done (``np.asarray`` of the result waits);
-        on TensorFlow's CPU it returns the finished result.
-        """
+        """The outputs for one batch of exactly ``batch_size`` inputs, as a backend array (on JAX it may
+        return before the device is done; ``np.asarray`` of it waits)."""
         if len(batch) != self.batch_size:
             raise ValueError(f"a batch of {self.batch_size} inputs is expected. Received: {len(batch)}")
         if self._compiled is None:
@@ -130,8 +117,9 @@ def tensorflow_xla(model: keras.Model) -> bool:
     marks channels_first models, whose layout only XLA runs on a CPU).
 
     Keras turns XLA off on a machine without a GPU; for the forward pass alone it was faster on a CPU:
-    1.07-1.14x TensorFlow's own kernels at batch 32-512 on a 2-core AVX2 host (oneDNN off), in
-    ``python -m benchmarks.inference_paths``.
+    1.15-1.26x TensorFlow's own kernels at batch 32-500 on a 2-core AVX2 host (oneDNN off), in
+    ``python -m benchmarks.inference_paths``. Not measured on an AVX-512 host, where TensorFlow's
+    oneDNN kernels are on: that benchmark's ``project ÷ project-no-xla`` row decides it there.
     """
     from .legacy.architecture import layers_within
 
