@@ -4,7 +4,7 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 
 ``model.predict`` builds a data pipeline, an epoch iterator and callbacks on
 every call and runs each batch through them; on TensorFlow, on a 2-core AVX2
-host, that made inference 0.37-0.64x the speed of the raw reference's bare
+host, that made inference 0.37-0.79x the speed of the raw reference's bare
 ``tf.function`` at batch 32-500 (``python -m benchmarks.inference_paths``); on
 JAX, Keras's predict was already within noise of the raw reference, and so is this.
 ``ForwardPass`` is that bare function around the model itself: on TensorFlow a
@@ -15,10 +15,10 @@ a plain Keras model: its weights, layers and saved files are not touched.
 Batches have one shape, ``batch_size`` rows (the last one padded with zeros,
 its padding's outputs dropped), so the function is traced and compiled once.
 Each batch's outputs are copied to the host before the next batch is
-converted: dispatching the next batch first, so that converting it overlaps
-the device's work, measured no faster on JAX (0.95-1.04x; converting a batch
-takes well under 1 % of its forward pass), and TensorFlow's CPU calls return
-only when done.
+converted. Dispatching the next batch first, so that converting it would
+overlap the device's work, measured no faster on JAX (0.95-1.04x: converting a
+batch takes well under 1 % of its forward pass); TensorFlow's CPU calls return
+only when done anyway.
 """
 
 from __future__ import annotations
@@ -96,13 +96,10 @@ class ForwardPass:
                                [v.value for v in model.non_trainable_variables], x)
 
             return run
-        if self.backend == "tensorflow":
-            import tensorflow as tf
+        import tensorflow as tf  # the project's other backend (runtime.BACKENDS)
 
-            signature = [tf.TensorSpec((self.batch_size, *batch.shape[1:]), tf.as_dtype(batch.dtype))]
-            return tf.function(lambda x: model(x, training=False), input_signature=signature,
-                               jit_compile=self.uses_xla)
-        return lambda x: model(x, training=False)  # another backend: eager, as Keras would run it
+        signature = [tf.TensorSpec((self.batch_size, *batch.shape[1:]), tf.as_dtype(batch.dtype))]
+        return tf.function(lambda x: model(x, training=False), input_signature=signature, jit_compile=self.uses_xla)
 
     def _output_shape(self) -> tuple:
         try:
@@ -117,7 +114,7 @@ def tensorflow_xla(model: keras.Model) -> bool:
     marks channels_first models, whose layout only XLA runs on a CPU).
 
     Keras turns XLA off on a machine without a GPU; for the forward pass alone it was faster on a CPU:
-    1.15-1.26x TensorFlow's own kernels at batch 32-500 on a 2-core AVX2 host (oneDNN off), in
+    1.04-1.26x TensorFlow's own kernels at batch 32-500 (three runs) on a 2-core AVX2 host (oneDNN off), in
     ``python -m benchmarks.inference_paths``. Not measured on an AVX-512 host, where TensorFlow's
     oneDNN kernels are on: that benchmark's ``project ÷ project-no-xla`` row decides it there.
     """
