@@ -73,3 +73,27 @@ def test_overhead_benchmark_compares_the_project_with_plain_keras(tmp_path, mnis
         assert 0 < ratio < math.inf and rows[name]["ratio_to_plain"] == ratio
         assert ratio == pytest.approx(rows[name]["images_per_second"] / rows["plain"]["images_per_second"])
     assert "| project |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_inference_paths_benchmark_compares_each_path_in_the_same_rounds(tmp_path, mnist_dir):
+    command = [sys.executable, "-m", "benchmarks.inference_paths", "--backends", BACKEND, "--batch-sizes", "100",
+               "--windows", "2", "--window-seconds", "0.2", "--data", str(mnist_dir), "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (backend,) = json.loads((tmp_path / "results.json").read_text())["backends"]
+    assert backend["backend"] == BACKEND and backend["machine"]["cores"] >= 1
+    (row,) = backend["rows"]
+    expected = {"predict", "predict_on_batch", "project", "project-float", "raw-device", "raw-host"}
+    assert set(row["paths"]) == expected | ({"project-no-xla"} if BACKEND == "tensorflow" else set())
+    assert row["max_abs_diff_project_vs_predict"] < 1e-5  # the paths compute the same thing
+    for path in row["paths"].values():
+        assert path["images_per_second"] > 0 and len(path["window_images_per_second"]) == 2
+    paths = row["paths"]
+    for name, ratio in row["ratios"].items():
+        numerator, denominator = (part.strip() for part in name.split("÷"))
+        # Each round's ratio is of the two paths' windows in that round; the median is the median of those.
+        assert ratio["rounds"] == pytest.approx([a / b for a, b in zip(paths[numerator]["window_images_per_second"],
+                                                                       paths[denominator]["window_images_per_second"])])
+        assert ratio["median"] == pytest.approx(sum(ratio["rounds"]) / 2)
+    assert "project-float ÷ raw-host" in row["ratios"] and "| project |" in (tmp_path / "results.md").read_text()

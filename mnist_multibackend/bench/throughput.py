@@ -116,6 +116,7 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     """Training, then inference, on a fresh model: Keras and the raw reference, their windows interleaved."""
     import keras
 
+    from mnist_multibackend.inference import ForwardPass
     from mnist_multibackend.model import build_model, compile_model
     from mnist_multibackend.jax_cpu import speed_up
     from mnist_multibackend.callbacks import EpochTimer
@@ -135,7 +136,7 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     model = compile_model(model)
     model.steps_per_execution = STEPS_PER_EXECUTION[runtime.backend]
     jit_compile = bool(getattr(model, "jit_compile", False))
-    device_batches = _raw_class(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
+    device_batches = raw_reference(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
 
     def keras_train(steps: int) -> float:
         # The epoch's steps only, without fit()'s set-up; EpochTimer waits for the device.
@@ -145,29 +146,36 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
         return timer.seconds[0]
 
     def keras_infer(steps: int) -> float:
-        # The whole predict() call: it returns host arrays, so it has waited for the device.
-        return timed(lambda: predictor_model.predict(x[:steps * batch_size], batch_size=batch_size, verbose=0))
+        # The project's inference path (predict.predict_digits's): host float32 images in, host probabilities
+        # out, so it has waited for the device.
+        return timed(lambda: forward.predict(x[:steps * batch_size]))
 
-    trainer = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
+    trainer = raw_reference(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
     train = measure({"keras": keras_train, "raw": lambda steps: timed(lambda: trainer.train(device_batches[:steps]))},
                     **window)
-    # Prediction as mnist-mb predict runs it: a model with Keras's own computations (see jax_cpu),
-    # holding the trained weights; and a fresh reference with them, so that both predict the same thing.
+    # Prediction as mnist-mb predict runs it: inference.ForwardPass around a model with Keras's own
+    # computations (see jax_cpu), holding the trained weights; and a fresh reference with them, so that
+    # both predict the same thing, compiled as the project's path is (TensorFlow: with XLA, see
+    # inference.tensorflow_xla), so that the ratio shows what the path costs beyond the computation.
     predictor_model = build_model()
     predictor_model.set_weights(model.get_weights())
-    predictor_model.steps_per_execution = model.steps_per_execution
-    predictor = _raw_class(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
-    infer = measure({"keras": keras_infer, "raw": lambda steps: timed(lambda: predictor.predict(device_batches[:steps]))},
+    forward = ForwardPass(predictor_model, batch_size)
+    predictor = raw_reference(runtime.backend)(spec_from_keras(model), jit_compile=forward.uses_xla)
+    # Like for like: both sides start from host float32 batches and end with host probabilities (the
+    # device-resident batches that training uses would spare the reference the copy to the device that
+    # the project's path makes).
+    host_batches = batches(x, y, batch_size, max_steps)
+    infer = measure({"keras": keras_infer, "raw": lambda steps: timed(lambda: predictor.predict(host_batches[:steps]))},
                     **window)
     # The reference must compute what the model computes: same weights in, same probabilities out.
-    difference = float(np.max(np.abs(predictor.predict(device_batches[:1])[0]
-                                     - predictor_model.predict(x[:batch_size], batch_size=batch_size, verbose=0))))
+    difference = float(np.max(np.abs(predictor.predict(host_batches[:1])[0] - forward.predict(x[:batch_size]))))
     rows = []
     for mode, measured in (("train", train), ("infer", infer)):
         ratio = paired_ratio(measured["keras"], measured["raw"])
-        rows.append({**_row("keras", mode, measured["keras"]), "keras_to_raw": ratio,
-                     "framework": f"keras {keras.__version__}: model.fit / model.predict, "
-                                  f"{model.steps_per_execution} steps per execution"})
+        framework = (f"keras {keras.__version__}: model.fit, {model.steps_per_execution} steps per execution"
+                     if mode == "train" else f"keras {keras.__version__}: inference.ForwardPass "
+                                             f"({'XLA' if forward.uses_xla else 'no XLA'})")
+        rows.append({**_row("keras", mode, measured["keras"]), "keras_to_raw": ratio, "framework": framework})
         rows.append({**_row("raw", mode, measured["raw"]), "framework": trainer.framework,
                      "max_abs_diff_vs_keras": difference})
     return rows
@@ -207,9 +215,10 @@ def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
              "framework": f"keras {keras.__version__}: model.fit, {replicas.count} replicas ({engine})"}]
 
 
-def _raw_class(backend: str):
-    """The raw reference for ``backend``; built with Keras's XLA choice for the model (TensorFlow: off
-    on a CPU-only machine, on with a GPU; JAX always compiles)."""
+def raw_reference(backend: str):
+    """The raw reference's class for ``backend``; its ``jit_compile`` is the caller's choice: for training,
+    Keras's for the model (TensorFlow: off on a CPU-only machine, on with a GPU), for inference the
+    project's (``inference.ForwardPass.uses_xla``); JAX always compiles."""
     if backend == "jax":
         from .raw_jax import RawJax
 

@@ -259,11 +259,12 @@ def model_from_keras2_config(model_config, source="model config") -> keras.Model
         raise InputError(source, f"not a loadable Keras 2 model ({first_line(err, limit=300)})") from None
 
 
-def _layers_within(layers):
+def layers_within(layers):
+    """Every layer in ``layers`` and, depth first, within them: nested models' layers and wrapped layers."""
     for layer in layers:
         yield layer
-        yield from _layers_within(getattr(layer, "layers", ()))  # nested models
-        yield from _layers_within([inner for inner in (getattr(layer, "layer", None),) if inner is not None])
+        yield from layers_within(getattr(layer, "layers", ()))  # nested models
+        yield from layers_within([inner for inner in (getattr(layer, "layer", None),) if inner is not None])
 
 
 def runnable_on_this_backend(model: keras.Model) -> keras.Model:
@@ -275,7 +276,7 @@ def runnable_on_this_backend(model: keras.Model) -> keras.Model:
     ``model.compile`` afterwards must keep ``jit_compile=True`` on TensorFlow (it defaults to off on a CPU).
     """
     if keras.backend.backend() == "tensorflow" and any(
-            getattr(layer, "data_format", None) == "channels_first" for layer in _layers_within(model.layers)):
+            getattr(layer, "data_format", None) == "channels_first" for layer in layers_within(model.layers)):
         model.jit_compile = True
     return model
 
