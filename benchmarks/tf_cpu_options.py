@@ -35,14 +35,15 @@ VARIANTS = [
     ("intra-op threads 1", {"intra_op_threads": 1}),
     ("batch 256 (changes the recipe)", {"batch_size": 256}),
     ("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)", {"onednn": False}),
+    ("oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)", {"onednn": True}),
     ("mixed_bfloat16 (changes the numerics)", {"policy": "mixed_bfloat16"}),
     ("default again", {}),
 ]
 
 
 def worker(settings: dict, images: int, windows: int, data_path: str | None) -> dict:
-    if settings.get("onednn") is False:
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow loads
+    if "onednn" in settings:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if settings["onednn"] else "0"  # read when TensorFlow loads
     from mnist_multibackend.runtime import start
 
     start("tensorflow", "cpu")
@@ -82,12 +83,16 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--data")
     parser.add_argument("--out", default="runs/tf-cpu-options")
+    parser.add_argument("--variants", help="comma-separated numbers (from 1) of the variants to run, in that "
+                                           "order, repeats allowed (default: all): " +
+                                           "; ".join(f"{i} {name}" for i, (name, _) in enumerate(VARIANTS, 1)))
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON settings of one variant
     args = parser.parse_args(argv)
     if args.worker:
         return answer_json(lambda: worker(json.loads(args.worker), args.images, args.windows, args.data))
     rows = []
-    for name, settings in VARIANTS:
+    chosen = [VARIANTS[int(i) - 1] for i in args.variants.split(",")] if args.variants else VARIANTS
+    for name, settings in chosen:
         worker_args = ["--worker", json.dumps(settings), "--images", args.images, "--windows", args.windows]
         worker_args += ["--data", args.data] if args.data else []
         answer = run_worker("benchmarks.tf_cpu_options", worker_args, label=f"tf-cpu-options: {name}", echo=False)
