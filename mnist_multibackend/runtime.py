@@ -109,6 +109,8 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
     keras_loaded = "keras" in sys.modules
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, missing CUDA) drown the progress bar.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Read by TensorFlow when it loads, in a JAX process too (Keras imports it to save files).
+    os.environ.update(tensorflow_cpu_settings(cpu_features(), os.environ))
     if device != "cpu":
         # Take GPU memory as needed instead of all of it up front (TensorFlow
         # maps nearly all of it, JAX 75 %), so that processes run one after
@@ -305,6 +307,20 @@ def cpu_features(cpuinfo: str | None = None) -> list[str]:
 
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def tensorflow_cpu_settings(features: list[str], environ) -> dict[str, str]:
+    """The environment TensorFlow should load with on a CPU with ``features``, where ``environ`` leaves it open.
+
+    oneDNN on wherever the CPU has AVX2 and the user has not chosen (``TF_ENABLE_ONEDNN_OPTS``).
+    TensorFlow turns it on by itself only with AVX-512 VNNI/BF16 or AMX; on the AVX-512 host
+    turning it off halved training (937 against 1,874 images/s), and on an AVX2-only host, where
+    it is off by default, turning it on doubled it (docs/performance.md, "Choices per CPU").
+    Older x86 CPUs and other architectures keep TensorFlow's own default: not measured.
+    """
+    if ONEDNN_VARIABLE in environ or "avx2" not in features:
+        return {}
+    return {ONEDNN_VARIABLE: "1"}
 
 
 def onednn_state() -> dict:
