@@ -44,6 +44,12 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
     "pool mask gradient": {"same_padded_convs": (), "mask_pool_gradient": True},
     **{f"{conv} SAME+crop": {"same_padded_convs": (conv,), "mask_pool_gradient": False}
        for conv in ("conv0", "conv1", "conv2", "conv3")},
+    **{f"{conv} matmul": {"same_padded_convs": (), "mask_pool_gradient": False, "matmul_convs": (conv,)}
+       for conv in ("conv0", "conv1", "conv2", "conv3")},
+    "all matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
+    "conv1-3 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1", "conv2", "conv3")},
+    "conv1 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1",)},
+    "conv1-2 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1", "conv2")},
     "kept": {},
 }
 

@@ -12,6 +12,10 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   and XLA runs it, and its weight gradient, several times faster. For
   ``conv0``, ``conv2`` and ``conv3`` this form was measured no faster, so they
   keep the plain one.
+- on a CPU without AVX-512, every convolution as one matrix product of the
+  input's 3x3 patches (im2col) and the kernel, since XLA:CPU's matmul runs
+  near the CPU's peak while its convolutions do not; its gradients are
+  matmuls too. Which form each CPU kind gets is ``conv_forms``'s choice.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -35,16 +39,28 @@ import functools
 
 import keras
 
-# Layers whose VALID convolution runs as SAME + crop: only where it was measured faster.
-SAME_PADDED_CONVS = ("conv1",)
+CONVS = ("conv0", "conv1", "conv2", "conv3")
 
 
-def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] = SAME_PADDED_CONVS,
-             mask_pool_gradient: bool = True) -> list[str]:
+def conv_forms(features: list[str]) -> dict[str, tuple[str, ...]]:
+    """Which convolutions run in which form on a CPU with ``features`` (``runtime.cpu_features``):
+    each CPU kind gets what was measured fastest on it (docs/performance.md, "Choices per CPU").
+
+    - AVX-512: conv1 as SAME + crop; the others plain (one matmul each was not measured there).
+    - otherwise (measured on AVX2 + FMA): all four as one matmul each, 1.1-1.3x the step of the
+      AVX-512 choice in interleaved rounds (``python -m benchmarks.jax_cpu_remedies``).
+    """
+    if "avx512f" in features:
+        return {"same_padded_convs": ("conv1",), "matmul_convs": ()}
+    return {"same_padded_convs": (), "matmul_convs": CONVS}
+
+
+def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
+             mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
-    The defaults are the measured choice; ``benchmarks.jax_cpu_remedies``
-    passes others to compare them. Does nothing (returns ``[]``) on another
+    By default the convolutions' forms are this CPU's (``conv_forms``);
+    ``benchmarks.jax_cpu_remedies`` passes others to compare them. Does nothing (returns ``[]``) on another
     backend or device: the figures behind these choices are XLA:CPU's.
     """
     if keras.backend.backend() != "jax":
@@ -54,9 +70,18 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] = SAME_PADDE
     device = jax.config.jax_default_device  # runtime.start(device="cpu") sets it on a machine with a GPU
     if getattr(device, "platform", device or jax.default_backend()) != "cpu":
         return []
+    if same_padded_convs is None or matmul_convs is None:
+        from .runtime import cpu_features
+
+        chosen = conv_forms(cpu_features())
+        same_padded_convs = chosen["same_padded_convs"] if same_padded_convs is None else same_padded_convs
+        matmul_convs = chosen["matmul_convs"] if matmul_convs is None else matmul_convs
     changed = []
     for layer in model.layers:
-        if layer.name in same_padded_convs and _plain_odd_conv(layer):
+        if layer.name in matmul_convs and _plain_odd_conv(layer):
+            layer.convolution_op = conv_as_one_matmul
+            changed.append(layer.name)
+        elif layer.name in same_padded_convs and _plain_odd_conv(layer):
             layer.convolution_op = functools.partial(_same_padded_then_cropped, layer)
             changed.append(layer.name)
         elif mask_pool_gradient and _non_overlapping_max_pool(layer):
@@ -78,6 +103,23 @@ def _same_padded_then_cropped(layer, inputs, kernel):
     outputs = keras.ops.conv(inputs, kernel, strides=1, padding="same", data_format="channels_last")
     crop_h, crop_w = layer.kernel_size[0] // 2, layer.kernel_size[1] // 2
     return outputs[:, crop_h:outputs.shape[1] - crop_h, crop_w:outputs.shape[2] - crop_w, :]
+
+
+def conv_as_one_matmul(inputs, kernel):
+    """The VALID, stride-1 convolution of ``inputs`` (n, h, w, c) by ``kernel`` (kh, kw, c, f) as one matrix
+    product of the input's patches (im2col) and the kernel: XLA:CPU's matmul is faster than its convolutions."""
+    import jax
+    import jax.numpy as jnp
+
+    kh, kw, channels = kernel.shape[:3]
+    height, width = inputs.shape[1:3]
+    oh, ow = height - kh + 1, width - kw + 1
+    # Computed once: XLA would otherwise fuse the producer (batch norm, ReLU) into each of the slices.
+    inputs = jax.lax.optimization_barrier(inputs)
+    # Patch features in the kernel's (row, column, channel) order, so the kernel is only reshaped.
+    patches = jnp.concatenate([inputs[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+    outputs = jnp.dot(patches.reshape(-1, kh * kw * channels), keras.ops.reshape(kernel, (kh * kw * channels, -1)))
+    return outputs.reshape(-1, oh, ow, kernel.shape[-1])
 
 
 def _non_overlapping_max_pool(layer) -> bool:

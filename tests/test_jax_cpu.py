@@ -12,10 +12,13 @@ import pytest
 
 from conftest import BACKEND
 from mnist_multibackend import data
-from mnist_multibackend.jax_cpu import speed_up
+from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512
+from mnist_multibackend.jax_cpu import CONVS, conv_forms, speed_up
 from mnist_multibackend.model import build_model, compile_model
+from mnist_multibackend.runtime import cpu_features
 
-REBOUND = ["conv1", "MP1", "MP2"]  # the layers measured faster in another form on JAX/CPU
+# The forms measured fastest on each CPU kind (docs/performance.md, "Choices per CPU").
+FORMS = {"avx512": conv_forms(cpu_features(EPYC_AVX512)), "avx2": conv_forms(cpu_features(EPYC_AVX2))}
 
 
 def _rebound(model) -> list[str]:
@@ -35,15 +38,24 @@ def images(mnist):
     return data.as_model_input(mnist.x_train[:64]), data.one_hot(mnist.y_train[:64])
 
 
-def _sped_up() -> keras.Model:
+def _sped_up(**forms) -> keras.Model:
     model = build_model()
-    speed_up(model)
+    speed_up(model, **forms)
     return model
+
+
+def test_each_cpu_kind_gets_the_forms_measured_on_it():
+    assert FORMS["avx512"] == {"same_padded_convs": ("conv1",), "matmul_convs": ()}
+    assert FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS}
 
 
 @pytest.mark.jax
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
-    assert speed_up(build_model()) == REBOUND
+    chosen = conv_forms(cpu_features())
+    expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
+                if name.startswith("MP") or name in chosen["same_padded_convs"] + chosen["matmul_convs"]]
+    assert speed_up(build_model()) == expected
+    assert speed_up(build_model(), **FORMS["avx512"]) == ["conv1", "MP1", "MP2"]
 
 
 def test_models_for_inference_keep_kerass_own_computations():
@@ -76,11 +88,12 @@ def test_config_and_saved_file_are_the_original(tmp_path):
 
 
 @pytest.mark.jax
-def test_outputs_and_gradients_equal_the_plain_model(images):
+@pytest.mark.parametrize("cpu_kind", sorted(FORMS))
+def test_outputs_and_gradients_equal_the_plain_model(images, cpu_kind):
     import jax
 
     x, y = images
-    model = _sped_up()
+    model = _sped_up(**FORMS[cpu_kind])
     twin = _plain_twin(model)
     # One state for both: the same weights, batch statistics and dropout seed.
     numpy = keras.ops.convert_to_numpy  # np.array(variable) would go through Keras's __array__, deprecated by NumPy 2

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_multibackend.jax_cpu import SAME_PADDED_CONVS, max_pool_with_mask_gradient
+from mnist_multibackend.jax_cpu import conv_as_one_matmul, conv_forms, max_pool_with_mask_gradient
+from mnist_multibackend.runtime import cpu_features
 
 from .core import CONVS, DENSES, NORMS, POOL_AFTER, CoreSpec
 
@@ -29,7 +30,11 @@ def _on_cpu() -> bool:
 
 
 def _conv(name: str, x, kernel, training: bool):
-    if training and _on_cpu() and name in SAME_PADDED_CONVS:  # 3x3: SAME, then one pixel off each side
+    """The same forms as the Keras model that train() trains on this CPU (``jax_cpu.conv_forms``)."""
+    forms = conv_forms(cpu_features()) if training and _on_cpu() else {"same_padded_convs": (), "matmul_convs": ()}
+    if name in forms["matmul_convs"]:
+        return conv_as_one_matmul(x, kernel)
+    if name in forms["same_padded_convs"]:  # 3x3: SAME, then one pixel off each side
         return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_LAYOUT)[:, 1:-1, 1:-1, :]
     return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_LAYOUT)
 
