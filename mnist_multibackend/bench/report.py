@@ -55,7 +55,8 @@ def markdown(results: dict) -> str:
         "backend reached on it in this run. "
         "Keras ÷ raw: the Keras row's images/s over the raw reference's, median of the rounds in which "
         "their windows alternated (below 1: Keras is slower). Train: `model.fit` epochs (without fit's "
-        "set-up); infer: whole `model.predict` calls.",
+        "set-up); infer: the compiled forward pass that `mnist-mb predict` runs (`inference.ForwardPass`), "
+        "from host arrays to host results, as the raw reference is fed.",
         "",
         "## Throughput",
         "",
