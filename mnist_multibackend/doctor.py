@@ -24,6 +24,7 @@ import platform
 import shlex
 import sys
 
+from . import allocator
 from .bench import last_run
 from .bench.workers import answer_json, run_worker
 from .errors import InputError
@@ -56,6 +57,7 @@ def _machine_facts(here: dict) -> dict:
     return {"cpu": here["cpu"], "cpu_features": here["cpu_features"], "cpu_features_known": cpu_flags() is not None,
             "cores": here["cores"], "usable_cores": usable, "architecture": platform.machine(),
             "system": here["system"], "python": platform.python_version(),
+            "malloc": allocator.policy(os.environ, allocator.libc_name()),
             "load_average_1min": here["load_average_1min"]}
 
 
@@ -77,7 +79,7 @@ def probe(backend: str) -> dict:
         return {"status": "unavailable", "reason": str(err)}
     facts = {"status": "ok", "version": runtime.backend_version, "keras_version": runtime.keras_version,
              "device": runtime.device, "devices": list(runtime.devices),
-             "xla_flags": shlex.split(os.environ.get("XLA_FLAGS", ""))}
+             "xla_flags": shlex.split(os.environ.get("XLA_FLAGS", "")), "malloc": allocator.state()}
     facts.update(_tensorflow_facts(user_onednn) if backend == "tensorflow" else _jax_facts())
     if not facts["gpus"]:
         facts["why_no_gpu"] = _why_no_gpu(backend, facts)
@@ -165,6 +167,7 @@ def format_report(found: dict) -> str:
     row("cores", f"{m['cores']}" + (f" ({usable} usable by this process)" if usable not in (None, m["cores"]) else "")
         + f", load average {m['load_average_1min']:.2f}")
     row("platform", f"{m['system']}, Python {m['python']}")
+    row("malloc", _malloc_text(m["malloc"]))
     lines.append("")
     for backend, facts in found["backends"].items():
         if facts["status"] != "ok":
@@ -200,6 +203,12 @@ def _features_text(m: dict) -> str:
     missing = [name for name, prefix in (("AVX-512", "avx512"), ("AMX", "amx"))
                if not any(f.startswith(prefix) for f in m["cpu_features"])]
     return have + (f" (no {', no '.join(missing)})" if missing else "")
+
+
+def _malloc_text(policy: str) -> str:
+    if policy == "keep":
+        return "glibc's, set by mnist-mb to keep freed memory for the next step (MALLOC_* variables override)"
+    return f"left as it is: {policy}"
 
 
 def _onednn_text(onednn: dict) -> str:

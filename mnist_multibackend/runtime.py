@@ -13,6 +13,8 @@ import os
 import platform
 import sys
 
+from .allocator import keep_freed_memory
+from .allocator import state as allocator_state
 from .errors import InputError, first_line, require_at_least
 
 BACKENDS = ("tensorflow", "jax")
@@ -111,6 +113,7 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Read by TensorFlow when it loads, in a JAX process too (Keras imports it to save files).
     os.environ.update(tensorflow_cpu_settings(cpu_features(), os.environ))
+    keep_freed_memory()  # before the backend starts the threads that allocate
     if device != "cpu":
         # Take GPU memory as needed instead of all of it up front (TensorFlow
         # maps nearly all of it, JAX 75 %), so that processes run one after
@@ -358,7 +361,10 @@ def cpu_line(host: dict) -> str:
     features = host.get("cpu_features")
     named = ", ".join(features) if features else "not recorded" if features is None else "none of note"
     onednn = onednn_phrase(host)
-    return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + (f", {onednn}" if onednn else "")
+    malloc = host.get("malloc")  # None: recorded before the choice existed, or no backend started
+    malloc = None if malloc is None else "malloc keeps freed memory" if malloc == "kept" else f"malloc as is ({malloc})"
+    return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + \
+        "".join(f", {part}" for part in (onednn, malloc) if part)
 
 
 def machine() -> dict:
@@ -368,7 +374,8 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in (cpuinfo or "").splitlines()
                 if line.startswith("model name")), cpu)
     # The load average says whether other work shared the cores during a measurement.
-    return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "cores": os.cpu_count(),
+    return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "malloc": allocator_state(),
+            "cores": os.cpu_count(),
             "system": platform.platform(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 

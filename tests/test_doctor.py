@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_clean_error, cli
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512, GRAVITON2, XEON_AMX
-from mnist_multibackend import doctor
+from mnist_multibackend import allocator, doctor
 from mnist_multibackend.bench import last_run
 from mnist_multibackend.runtime import cpu_features, cpu_flags, cpu_line, machine
 
@@ -172,6 +172,10 @@ def test_doctor_json_describes_this_machine_and_both_backends(doctor_json):
     page = doctor.format_report(doctor_json).splitlines()
     assert f"tensorflow   {version('tensorflow')} (keras {version('keras')})" in page
     assert any(line.startswith("  oneDNN     ") for line in page)
+    policy = allocator.policy(os.environ, allocator.libc_name())
+    assert m["malloc"] == policy
+    assert tensorflow["malloc"] == jax["malloc"] == ("kept" if policy == "keep" else policy)
+    assert any(line.startswith("malloc       ") for line in page)
 
 
 @pytest.mark.slow
@@ -230,6 +234,9 @@ def train_metrics(trained_run):
 def test_train_metrics_record_the_cpu_features(train_metrics):
     assert train_metrics["machine"]["cpu_features"] == cpu_features()
     assert train_metrics["machine"]["TF_ENABLE_ONEDNN_OPTS"] == os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    policy = allocator.policy(os.environ, allocator.libc_name())
+    assert train_metrics["machine"]["malloc"] == ("kept" if policy == "keep" else policy)
+    assert ("malloc keeps freed memory" in cpu_line(train_metrics["machine"])) == (policy == "keep")
 
 
 @pytest.mark.tensorflow
