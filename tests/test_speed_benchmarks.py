@@ -97,3 +97,44 @@ def test_inference_paths_benchmark_compares_each_path_in_the_same_rounds(tmp_pat
                                                                        paths[denominator]["window_images_per_second"])])
         assert ratio["median"] == pytest.approx(sum(ratio["rounds"]) / 2)
     assert "project-float ÷ raw-host" in row["ratios"] and "| project |" in (tmp_path / "results.md").read_text()
+
+
+VERBOSE_SAMPLE = """onednn_verbose,v1,info,oneDNN v3.7.1 (commit 1)
+onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind,memory_descriptors,attributes,auxiliary,problem_desc,exec_time
+onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0 diff_wei:f32:a:blocked:Acdb16a::f0,attr-scratchpad:user,alg:convolution_direct,mb128_ic32oc32_ih26oh24kh3sh1dh0ph0_iw26ow24kw3sw1dw0pw0,30.5
+onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0 diff_wei:f32:a:blocked:Acdb16a::f0,attr-scratchpad:user,alg:convolution_direct,mb128_ic32oc32_ih26oh24kh3sh1dh0ph0_iw26ow24kw3sw1dw0pw0,29.5
+onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:cdba::f0 dst:f32::blocked:Acdb32a::f0,,,32x1x3x3,0.5
+{"variant": "nhwc"}
+"""
+
+
+def test_onednn_verbose_lines_sum_per_primitive_pass_and_shape():
+    from benchmarks.tf_raw_variants import onednn_times
+
+    rows = onednn_times(VERBOSE_SAMPLE, steps=5)  # 5 timed steps + 5 warm-up steps ran with verbose on
+    assert [(r["primitive"], r["pass"]) for r in rows] == [("convolution", "backward_weights"), ("reorder", "undef")]
+    assert rows[0]["ms_per_step"] == pytest.approx(60.0 / 10)
+    assert rows[0]["problem"].startswith("mb128_ic32oc32") and rows[0]["implementation"] == "jit:avx2"
+
+
+@pytest.mark.tensorflow
+def test_tf_raw_variants_times_each_variant_and_profiles_onednn(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.tf_raw_variants", "--variants", "nhwc,nchw-fused", "--steps", "2",
+               "--windows", "2", "--batch-size", "16", "--out", str(tmp_path / "speed")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "speed" / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["nhwc", "nchw-fused"]
+    for row in rows:
+        assert row["images_per_second"] > 0 and len(row["windows_images_per_second"]) == 2
+        assert row["machine"]["cpu_features"] is not None
+    command[command.index("--out") + 1] = str(tmp_path / "profile")
+    result = subprocess.run(command[:5] + ["nhwc"] + command[6:] + ["--profile"], capture_output=True, text=True,
+                            cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "profile" / "results.json").read_text())["rows"]
+    if row["machine"]["tensorflow_onednn"]:  # oneDNN's verbose mode speaks only when its kernels run
+        passes = {(r["primitive"], r["pass"]) for r in row["onednn"]}
+        assert {("convolution", "forward_training"), ("convolution", "backward_weights")} <= passes
+    else:
+        assert row["onednn"] == []
