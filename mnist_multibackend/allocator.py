@@ -8,8 +8,10 @@ other than the main one get their own arenas, which glibc trims as they empty.
 So each step faulted its buffers' pages in anew: about 50,000 page faults, 200 MB
 zeroed by the kernel, per JAX training step. Telling malloc to serve everything
 from one heap (``M_ARENA_MAX`` 1, ``M_MMAP_MAX`` 0) and never to trim it
-(``M_TRIM_THRESHOLD``) takes that to none: JAX trained 1.5x faster, TensorFlow a
-little (docs/performance.md, "Choices per CPU").
+(``M_TRIM_THRESHOLD``) takes that to none: JAX trained 1.6-2.2x and predicted
+2.9-3.5x faster (docs/performance.md, "Choices per CPU"). ``runtime.start`` sets
+it for JAX only: TensorFlow, whose allocations are many and small, was not
+measured faster with it.
 
 The price is that the process keeps its peak heap until it exits, which is
 what a training or prediction process wants. Only glibc's malloc has these
@@ -56,7 +58,7 @@ def policy(environ, libc: str) -> str:
 
 
 def keep_freed_memory(environ=os.environ) -> str:
-    """Apply ``policy`` to this process, once, before the backend starts its threads; returns what it decided:
+    """Apply ``policy`` to this process, once, before JAX starts its threads; returns what it decided:
     ``kept`` (set), or the reason it left malloc alone. Recorded with every result (``runtime.machine``)."""
     if _state["allocator"] is not None:
         return _state["allocator"]

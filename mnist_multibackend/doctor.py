@@ -207,7 +207,7 @@ def _features_text(m: dict) -> str:
 
 def _malloc_text(policy: str) -> str:
     if policy == "keep":
-        return "glibc's, set by mnist-mb to keep freed memory for the next step (MALLOC_* variables override)"
+        return "glibc's; JAX runs keep freed memory for the next step (set by mnist-mb; MALLOC_* variables override)"
     return f"left as it is: {policy}"
 
 

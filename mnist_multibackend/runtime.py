@@ -113,7 +113,8 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Read by TensorFlow when it loads, in a JAX process too (Keras imports it to save files).
     os.environ.update(tensorflow_cpu_settings(cpu_features(), os.environ))
-    keep_freed_memory()  # before the backend starts the threads that allocate
+    if backend == "jax":  # before JAX starts the threads that allocate; TensorFlow was not measured faster with it
+        keep_freed_memory()
     if device != "cpu":
         # Take GPU memory as needed instead of all of it up front (TensorFlow
         # maps nearly all of it, JAX 75 %), so that processes run one after

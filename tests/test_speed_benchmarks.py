@@ -129,7 +129,7 @@ def test_tf_raw_variants_times_each_variant_and_profiles_onednn(tmp_path):
         assert row["images_per_second"] > 0 and len(row["windows_images_per_second"]) == 2
         assert row["machine"]["cpu_features"] is not None
     command[command.index("--out") + 1] = str(tmp_path / "profile")
-    result = subprocess.run(command[:5] + ["nhwc"] + command[6:] + ["--profile"], capture_output=True, text=True,
+    result = subprocess.run(command[:4] + ["nhwc"] + command[5:] + ["--profile"], capture_output=True, text=True,
                             cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads((tmp_path / "profile" / "results.json").read_text())["rows"]
