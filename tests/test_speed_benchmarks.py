@@ -1,6 +1,7 @@
 """The time-to-accuracy and overhead benchmarks: what they compute and the shape of what they write, never
 how fast anything ran."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -109,9 +110,11 @@ onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:cdba
 
 
 def test_onednn_verbose_lines_sum_per_primitive_pass_and_shape():
-    from benchmarks.tf_raw_variants import onednn_times
-
-    rows = onednn_times(VERBOSE_SAMPLE, steps=5)  # 5 timed steps + 5 warm-up steps ran with verbose on
+    # benchmarks/ is not installed (tests run it as `python -m` from the checkout): load the module from its file.
+    spec = importlib.util.spec_from_file_location("tf_raw_variants", REPO / "benchmarks" / "tf_raw_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.onednn_times(VERBOSE_SAMPLE, steps=5)  # 5 timed steps + 5 warm-up steps ran with verbose on
     assert [(r["primitive"], r["pass"]) for r in rows] == [("convolution", "backward_weights"), ("reorder", "undef")]
     assert rows[0]["ms_per_step"] == pytest.approx(60.0 / 10)
     assert rows[0]["problem"].startswith("mb128_ic32oc32") and rows[0]["implementation"] == "jit:avx2"
