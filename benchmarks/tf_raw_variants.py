@@ -3,9 +3,9 @@
     python -m benchmarks.tf_raw_variants [--variants nhwc,nhwc-fused,nchw,nchw-fused] [--steps 100] [--windows 3]
                                          [--batch-size 128] [--profile] [--out DIR]
 
-Each variant trains the model's network, written in ``tf.nn`` ops under one
-``tf.function`` as ``bench.raw_tf`` does (no Keras), on random images, in a
-fresh process with the project's TensorFlow settings (``runtime.start``):
+Each variant trains ``bench.raw_tf``'s reference of the model (``tf.nn`` ops,
+Adam, one ``tf.function``, no Keras) with its forward pass rewritten, on random
+images, in a fresh process with the project's TensorFlow settings (``runtime.start``):
 
 - ``nhwc``: channels last, batch norm as Keras computes it (``tf.nn.moments``
   then ``tf.nn.batch_normalization``); the form the Keras model runs;
@@ -38,7 +38,6 @@ from mnist_multibackend.runtime import cpu_line
 
 VARIANTS = {"nhwc": ("NHWC", False), "nhwc-fused": ("NHWC", True), "nchw": ("NCHW", False),
             "nchw-fused": ("NCHW", True)}
-CHANNELS = ((1, 32), (32, 32), (32, 64), (64, 64))  # conv0..conv3, 3x3, VALID; pools after conv1 and conv3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,67 +64,55 @@ def worker(args) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from mnist_multibackend.bench.core import CONVS, DENSES, NORMS, POOL_AFTER, spec_from_keras
+    from mnist_multibackend.bench.raw_tf import RawTensorFlow
+    from mnist_multibackend.model import build_model, compile_model
+
     layout, fused = VARIANTS[args.worker]
+
+    class Variant(RawTensorFlow):
+        """``bench.raw_tf``'s reference (its weights, dropout and Adam step), with the convolutions' layout and
+        batch-norm form of this variant."""
+
+        def _forward(self, x, training: bool):
+            p, s = self.params, self.spec
+            axes, shape = ([0, 1, 2], [-1]) if layout == "NHWC" else ([0, 2, 3], [1, -1, 1, 1])
+            if layout == "NCHW":
+                x = tf.transpose(x, [0, 3, 1, 2])
+            for conv, norm in zip(CONVS, NORMS):
+                x = tf.nn.bias_add(tf.nn.conv2d(x, p[f"{conv}/kernel"], 1, "VALID", data_format=layout),
+                                   p[f"{conv}/bias"], data_format=layout)
+                if fused:
+                    x, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                        x, p[f"{norm}/gamma"], p[f"{norm}/beta"], epsilon=s.bn_epsilon, data_format=layout,
+                        is_training=True)
+                else:
+                    mean, variance = tf.nn.moments(x, axes=axes)
+                    x = tf.nn.batch_normalization(x, tf.reshape(mean, shape), tf.reshape(variance, shape),
+                                                  tf.reshape(p[f"{norm}/beta"], shape),
+                                                  tf.reshape(p[f"{norm}/gamma"], shape), s.bn_epsilon)
+                for statistic, value in (("moving_mean", mean), ("moving_variance", variance)):
+                    moving = self.moving[f"{norm}/{statistic}"]
+                    moving.assign(moving * s.bn_momentum + value * (1 - s.bn_momentum))
+                x = tf.nn.relu(x)
+                if conv in POOL_AFTER:
+                    x = tf.nn.max_pool2d(x, 2, 2, "VALID", data_format=layout)
+            if layout == "NCHW":
+                x = tf.transpose(x, [0, 2, 3, 1])  # flatten in the model's order
+            x = self._dropout(x, s.dropout_rates[0], 1, training)
+            x = tf.nn.relu(tf.reshape(x, [tf.shape(x)[0], -1]) @ p[f"{DENSES[0]}/kernel"] + p[f"{DENSES[0]}/bias"])
+            x = self._dropout(x, s.dropout_rates[1], 2, training)
+            return x @ p[f"{DENSES[1]}/kernel"] + p[f"{DENSES[1]}/bias"]
+
+    reference = Variant(spec_from_keras(compile_model(build_model())))
     rng = np.random.default_rng(0)
-    params = {}
-    for i, (c_in, c_out) in enumerate(CHANNELS):
-        params.update({f"kernel{i}": rng.normal(0, 0.1, (3, 3, c_in, c_out)), f"bias{i}": np.zeros(c_out),
-                       f"gamma{i}": np.ones(c_out), f"beta{i}": np.zeros(c_out)})
-    params.update(fc1=rng.normal(0, 0.02, (1024, 256)), fc1_bias=np.zeros(256),
-                  fco=rng.normal(0, 0.02, (256, 10)), fco_bias=np.zeros(10))
-    params = {k: tf.Variable(v.astype("float32")) for k, v in params.items()}
-    moving = [(tf.Variable(tf.zeros(c)), tf.Variable(tf.ones(c))) for _, c in CHANNELS]
-    slots = {k: (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for k, v in params.items()}
-    step_count = tf.Variable(0.0)
-
-    def forward(x):
-        if layout == "NCHW":
-            x = tf.transpose(x, [0, 3, 1, 2])
-        axes, shape = ([0, 1, 2], [-1]) if layout == "NHWC" else ([0, 2, 3], [1, -1, 1, 1])
-        for i in range(len(CHANNELS)):
-            x = tf.nn.bias_add(tf.nn.conv2d(x, params[f"kernel{i}"], 1, "VALID", data_format=layout),
-                               params[f"bias{i}"], data_format=layout)
-            if fused:
-                x, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                    x, params[f"gamma{i}"], params[f"beta{i}"], epsilon=1e-3, data_format=layout, is_training=True)
-            else:
-                mean, variance = tf.nn.moments(x, axes=axes)
-                x = tf.nn.batch_normalization(x, tf.reshape(mean, shape), tf.reshape(variance, shape),
-                                              tf.reshape(params[f"beta{i}"], shape),
-                                              tf.reshape(params[f"gamma{i}"], shape), 1e-3)
-            moving[i][0].assign(moving[i][0] * 0.99 + mean * 0.01)
-            moving[i][1].assign(moving[i][1] * 0.99 + variance * 0.01)
-            x = tf.nn.relu(x)
-            if i in (1, 3):
-                x = tf.nn.max_pool2d(x, 2, 2, "VALID", data_format=layout)
-        if layout == "NCHW":
-            x = tf.transpose(x, [0, 2, 3, 1])  # flatten in the model's order
-        x = tf.nn.relu(tf.reshape(x, [tf.shape(x)[0], -1]) @ params["fc1"] + params["fc1_bias"])
-        return x @ params["fco"] + params["fco_bias"]
-
-    @tf.function
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=forward(x)))
-        names = list(params)
-        grads = tape.gradient(loss, [params[k] for k in names])
-        step_count.assign_add(1.0)
-        rate = 1e-3 * tf.sqrt(1 - 0.999 ** step_count) / (1 - 0.9 ** step_count)
-        for name, grad in zip(names, grads):  # Adam, as bench.raw_tf
-            m, v = slots[name]
-            m.assign_add((grad - m) * 0.1)
-            v.assign_add((grad * grad - v) * 0.001)
-            params[name].assign_sub(rate * m / (tf.sqrt(v) + 1e-8))
-
     batch = args.batch_size
-    batches = [(tf.constant(rng.random((batch, 28, 28, 1), "float32")),
-                tf.one_hot(rng.integers(0, 10, batch), 10)) for _ in range(16)]
+    batches = reference.to_device([(rng.random((batch, 28, 28, 1), "float32"),
+                                    np.eye(10, dtype="float32")[rng.integers(0, 10, batch)]) for _ in range(16)])
 
     def run(steps: int) -> float:
         start_time = time.perf_counter()
-        for s in range(steps):
-            train_step(*batches[s % len(batches)])
-        params["fco_bias"].numpy()  # waits for the last step
+        reference.train(batches[s % len(batches)] for s in range(steps))  # returns once the last step is done
         return steps * batch / (time.perf_counter() - start_time)
 
     run(5)  # tracing, and oneDNN's first-call set-up
@@ -135,6 +122,7 @@ def worker(args) -> dict:
 
 
 def _run(variant: str, args, profile: bool) -> tuple[dict, str]:
+    # Not bench.workers.run_worker: the parent needs the worker's whole stdout, where oneDNN's verbose mode writes.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if profile:
         env["ONEDNN_VERBOSE"] = "1"
