@@ -12,10 +12,11 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   and XLA runs it, and its weight gradient, several times faster. For
   ``conv0``, ``conv2`` and ``conv3`` this form was measured no faster, so they
   keep the plain one.
-- on a CPU without AVX-512, every convolution as one matrix product of the
-  input's 3x3 patches (im2col) and the kernel, since XLA:CPU's matmul runs
-  near the CPU's peak while its convolutions do not; its gradients are
-  matmuls too. Which form each CPU kind gets is ``conv_forms``'s choice.
+- every convolution as one matrix product of the input's 3x3 patches
+  (im2col) and the kernel, since XLA:CPU's matmul runs near the CPU's peak
+  while its convolutions do not; its gradients are matmuls too. It beat the
+  SAME form above on both CPU kinds measured (AVX2, AVX-512). Which form each
+  CPU kind gets is ``conv_forms``'s choice.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -46,12 +47,12 @@ def conv_forms(features: list[str]) -> dict[str, tuple[str, ...]]:
     """Which convolutions run in which form on a CPU with ``features`` (``runtime.cpu_features``):
     each CPU kind gets what was measured fastest on it (docs/performance.md, "Choices per CPU").
 
-    - AVX-512: conv1 as SAME + crop; the others plain (one matmul each was not measured there).
-    - otherwise (measured on AVX2 + FMA): all four as one matmul each, 1.1-1.3x the step of the
-      AVX-512 choice in interleaved rounds (``python -m benchmarks.jax_cpu_remedies``).
+    Both kinds measured chose the same: all four convolutions as one matmul each. On AVX2 + FMA it
+    ran 1.1-1.3x the step of conv1 as SAME + crop; on AVX-512 (with BF16, no AMX) 1.25x (121 against
+    152 ms per step, faster in each of 10 interleaved rounds, ``python -m benchmarks.jax_cpu_remedies``),
+    once malloc kept freed memory. CPUs not measured (AMX, ARM) get the same.
     """
-    if "avx512f" in features:
-        return {"same_padded_convs": ("conv1",), "matmul_convs": ()}
+    del features  # one answer for every kind measured so far; the argument keeps the per-CPU seam
     return {"same_padded_convs": (), "matmul_convs": CONVS}
 
 

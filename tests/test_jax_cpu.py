@@ -45,8 +45,8 @@ def _sped_up(**forms) -> keras.Model:
 
 
 def test_each_cpu_kind_gets_the_forms_measured_on_it():
-    assert FORMS["avx512"] == {"same_padded_convs": ("conv1",), "matmul_convs": ()}
-    assert FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS}
+    # Measured on both: the im2col matmul form beat conv1's SAME form on AVX2 and on AVX-512.
+    assert FORMS["avx512"] == FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS}
 
 
 @pytest.mark.jax
@@ -55,7 +55,7 @@ def test_applied_on_jax_cpu_to_the_measured_layers_only():
     expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
                 if name.startswith("MP") or name in chosen["same_padded_convs"] + chosen["matmul_convs"]]
     assert speed_up(build_model()) == expected
-    assert speed_up(build_model(), **FORMS["avx512"]) == ["conv1", "MP1", "MP2"]
+    assert speed_up(build_model(), same_padded_convs=("conv1",), matmul_convs=()) == ["conv1", "MP1", "MP2"]
 
 
 def test_models_for_inference_keep_kerass_own_computations():
@@ -87,13 +87,18 @@ def test_config_and_saved_file_are_the_original(tmp_path):
     assert result.stdout.split() == ["Conv2D", "valid", "MaxPooling2D"]
 
 
+# Every form speed_up offers: the one chosen on the CPUs measured, and conv1's SAME form (studied, and
+# what AVX-512 hosts ran until the matmul form was measured there).
+OFFERED_FORMS = {"chosen": FORMS["avx2"], "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": ()}}
+
+
 @pytest.mark.jax
-@pytest.mark.parametrize("cpu_kind", sorted(FORMS))
-def test_outputs_and_gradients_equal_the_plain_model(images, cpu_kind):
+@pytest.mark.parametrize("form", sorted(OFFERED_FORMS))
+def test_outputs_and_gradients_equal_the_plain_model(images, form):
     import jax
 
     x, y = images
-    model = _sped_up(**FORMS[cpu_kind])
+    model = _sped_up(**OFFERED_FORMS[form])
     twin = _plain_twin(model)
     # One state for both: the same weights, batch statistics and dropout seed.
     numpy = keras.ops.convert_to_numpy  # np.array(variable) would go through Keras's __array__, deprecated by NumPy 2
@@ -106,7 +111,11 @@ def test_outputs_and_gradients_equal_the_plain_model(images, cpu_kind):
     np.testing.assert_allclose(model.predict(x, verbose=0), twin.predict(x, verbose=0), atol=1e-5, rtol=0)
     fast, plain = jax.grad(loss)(state[0], model), jax.grad(loss)(state[0], twin)
     for variable, a, b in zip(model.trainable_variables, fast, plain, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=variable.path)
+        # Float32 sums in another order: conv1's kernel gradient sums 43,264 products per element, and
+        # against a float64 computation XLA's own form was off by 6e-5 of its largest element and the
+        # matmul form by 5e-6 (AVX-512 host); so the tolerance follows the gradient's scale.
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, atol=1e-5 + 1e-4 * np.abs(b).max(), rtol=1e-5, err_msg=variable.path)
 
 
 @pytest.mark.jax
