@@ -5,8 +5,9 @@
 Every variant trains the model with ``model.fit`` on real MNIST images, fed as
 the project feeds them (``feeding.EpochBatches``), and changes one thing
 against the project's default (32 steps per execution, batch 128, TensorFlow's
-own thread pools, oneDNN on, float32): steps per execution, inter-op threads,
-batch size, oneDNN, mixed ``bfloat16`` precision. Threads and oneDNN must be
+own thread pools, oneDNN on, fused batch norm, float32): steps per execution,
+inter-op threads, batch size, oneDNN, mixed ``bfloat16`` precision, Keras's own
+batch norm. Threads and oneDNN must be
 set before TensorFlow starts, hence a process per variant. The figure is the
 median of ``--windows`` epochs of ``--images`` images after a warm-up; the
 default variant runs first and last, to show how far the machine drifted.
@@ -38,6 +39,7 @@ VARIANTS = [
     ("oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)", {"onednn": True}),
     ("mixed_bfloat16 (changes the numerics)", {"policy": "mixed_bfloat16"}),
     ("default again", {}),
+    ("Keras's own batch norm (not fused: no tf_cpu.speed_up)", {"fused_batch_norm": False}),
 ]
 
 
@@ -59,11 +61,14 @@ def worker(settings: dict, images: int, windows: int, data_path: str | None) -> 
     from mnist_multibackend import data
     from mnist_multibackend.model import build_model, compile_model
     from mnist_multibackend.feeding import EpochBatches
+    from mnist_multibackend.training import speed_up
 
     options = {**DEFAULT, **settings}
     dataset = data.load_dataset(data_path)
     x, y = data.as_model_input(dataset.x_train[:images]), data.one_hot(dataset.y_train[:images])
     model = compile_model(build_model())
+    if settings.get("fused_batch_norm", True):
+        speed_up(model)  # as train() does: fused batch norm on TensorFlow/CPU
     model.steps_per_execution = options["steps_per_execution"]
     batches = EpochBatches(x, y, options["batch_size"], seed=0)
     model.fit(batches, epochs=1, verbose=0)  # warm-up: tracing and compilation

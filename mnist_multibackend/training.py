@@ -29,7 +29,7 @@ from .callbacks import ElapsedClock, EpochTimer, StepProgbar
 from .distribute import Replicas, data_parallel
 from .evaluation import score
 from .feeding import EpochBatches
-from .jax_cpu import speed_up
+from . import jax_cpu, tf_cpu
 from .recipes import RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
 from .runtime import Runtime, keras_config, machine, make_deterministic
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
@@ -60,7 +60,7 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     total_steps = config.epochs * steps_per_epoch(len(x_train), batch_size)
     learning_rate = learning_rate_schedule(recipe, config.learning_rate, total_steps)
     model = replicas.build_model(learning_rate)
-    speed_up(model)  # JAX/CPU: faster forms of the same math for training (config and files unchanged)
+    speed_up(model)
     timer, clock = EpochTimer(), ElapsedClock(started)
     steps_per_execution = 1  # the data-parallel paths keep Keras's default: measured with it only
     if replicas.count == 1 and replicas.processes == 1:
@@ -142,6 +142,12 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     if checkpoint:
         checkpoint.remove()  # the run folder is complete: nothing is left to resume
     return {**metrics, "process_index": replicas.process_index, **({"report": report} if report else {})}
+
+
+def speed_up(model: keras.Model) -> list[str]:
+    """Faster forms of the same math for training on this backend's CPU, rebound on ``model``'s layers (their
+    configs and saved files unchanged); returns the layers' names. JAX: ``jax_cpu``; TensorFlow: ``tf_cpu``."""
+    return jax_cpu.speed_up(model) + tf_cpu.speed_up(model)
 
 
 def _resumable_settings(config: TrainConfig, dataset: data.Dataset) -> dict:

@@ -118,9 +118,8 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
 
     from mnist_multibackend.inference import ForwardPass
     from mnist_multibackend.model import build_model, compile_model
-    from mnist_multibackend.jax_cpu import speed_up
     from mnist_multibackend.callbacks import EpochTimer
-    from mnist_multibackend.training import STEPS_PER_EXECUTION
+    from mnist_multibackend.training import STEPS_PER_EXECUTION, speed_up
 
     from .core import batches, spec_from_keras
     from .timing import measure, paired_ratio, timed
@@ -130,7 +129,7 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
                   windows=args.windows)
     # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
     # and the speed does not depend on the initial weights.
-    # As mnist-mb train runs it: the JAX/CPU forms, 32 batches per execution on TensorFlow, 1 on JAX.
+    # As mnist-mb train runs it: the CPU forms, 32 batches per execution on TensorFlow, 1 on JAX.
     model = build_model()
     speed_up(model)
     model = compile_model(model)
@@ -194,7 +193,7 @@ def measure_data_parallel(args, runtime, x, y, batch_size: int) -> list[dict]:
 
     from .timing import measure
 
-    from mnist_multibackend.jax_cpu import speed_up
+    from mnist_multibackend.training import speed_up
 
     replicas = data_parallel(runtime, args.replicas)
     model = replicas.build_model()

@@ -1,0 +1,82 @@
+"""Fused batch normalisation for training on TensorFlow/CPU: applied to a built model's layers.
+
+Import this module only after ``runtime.start()`` has chosen the backend.
+
+Keras's ``BatchNormalization`` trains on TensorFlow in separate ops: the batch's
+mean, its variance, then the normalisation, each with its own gradient.
+TensorFlow's ``FusedBatchNormV3`` computes the same in one oneDNN kernel each
+way. In the raw training step it ran 1.09-1.15x Keras's form on an AVX2 host
+(``python -m benchmarks.tf_raw_variants``); in ``model.fit`` figures are in
+docs/performance.md, "Choices per CPU".
+
+Two differences from Keras's form are taken care of here: the fused kernel
+returns the batch variance with Bessel's correction (n / (n - 1)), which Keras
+does not put into the moving variance, so it is scaled back; and it needs
+epsilon of at least 1.001e-5 (Keras's default is 1e-3).
+
+Only the layers' training computation is rebound, on the layer instances: their
+class, config, weights and saved files stay those of a plain
+``BatchNormalization``, and inference keeps Keras's own computation.
+"""
+
+from __future__ import annotations
+
+import keras
+
+# FusedBatchNormV3's own lower bound on epsilon (TensorFlow raises below it).
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+def speed_up(model: keras.Model) -> list[str]:
+    """Rebind the training computation of ``model``'s batch-norm layers to the fused kernel; returns their names.
+
+    Does nothing (returns ``[]``) on another backend or when TensorFlow sees a GPU: the figures behind
+    this choice are the CPU's.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return []
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return []
+    changed = []
+    for layer in model.layers:
+        if _plain_batch_norm(layer):
+            layer.call = fused_batch_norm_call(layer)
+            changed.append(layer.name)
+    return changed
+
+
+def _plain_batch_norm(layer) -> bool:
+    """A channels-last ``BatchNormalization`` that the fused kernel computes exactly as Keras does: per-replica
+    statistics (not synchronized), no renormalisation, a learned scale and offset, float32 weights and statistics
+    (the kernel's), 2-D images (checked per call)."""
+    return (isinstance(layer, keras.layers.BatchNormalization)
+            and type(layer).call is keras.layers.BatchNormalization.call
+            and not layer.synchronized and not layer.renorm and layer.center and layer.scale
+            and layer.epsilon >= _FUSED_MIN_EPSILON and layer.axis in (-1, 3)
+            and layer.variable_dtype == "float32" and layer.compute_dtype in ("float32", "bfloat16", "float16"))
+
+
+def fused_batch_norm_call(layer):
+    """``layer.call`` with its training step in ``FusedBatchNormV3``; otherwise (inference, a mask, a frozen
+    layer, inputs that are not 2-D images) Keras's own."""
+    import tensorflow as tf
+
+    keras_call = layer.call
+
+    def call(inputs, training=None, mask=None):
+        if not (training and layer.trainable) or mask is not None or len(inputs.shape) != 4:
+            return keras_call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 whatever the compute dtype
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(layer.gamma, "float32"), tf.cast(layer.beta, "float32"), epsilon=layer.epsilon,
+            data_format="NHWC", is_training=True)
+        count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")  # values per channel
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # undo Bessel's correction, as Keras keeps it
+        momentum = layer.momentum
+        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
+        layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(outputs, layer.compute_dtype)
+
+    return call
