@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 from .errors import InputError, require_at_least
-from .model import LEARNING_RATE, build_model, compile_model
+from .model import LEARNING_RATE, build_model, compile_model, plain_copy
 from .runtime import Runtime
 
 
@@ -110,12 +110,7 @@ class Replicas:
         """
         if self.engine is None:
             return model
-        copy = compile_model(build_model(), learning_rate)
-        copy.set_weights(model.get_weights())
-        copy.optimizer.build(copy.trainable_variables)
-        for mine, theirs in zip(copy.optimizer.variables, model.optimizer.variables, strict=True):
-            mine.assign(keras.ops.convert_to_numpy(theirs))
-        return copy
+        return plain_copy(model, learning_rate)
 
 
 class _InOrderLogs(keras.callbacks.Callback):

@@ -59,6 +59,20 @@ def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Mode
     return model
 
 
+def plain_copy(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Model:
+    """``model``'s weights and optimizer state in a new, ordinary model: float32, on no distribution.
+
+    What is saved after a data-parallel or a mixed-precision run, so that the files are those of
+    the original model (no dtype policy, no synchronised batch norm) and load anywhere.
+    """
+    copy = compile_model(build_model(), learning_rate)
+    copy.set_weights(model.get_weights())
+    copy.optimizer.build(copy.trainable_variables)
+    for mine, theirs in zip(copy.optimizer.variables, model.optimizer.variables, strict=True):
+        mine.assign(keras.ops.convert_to_numpy(theirs))
+    return copy
+
+
 def __getattr__(name):
     # ``model.load_saved_model`` was this module's until loading got its own module; the old
     # name still works without this module importing h5py, YAML and the legacy readers.

@@ -6,8 +6,9 @@ Keras's ``BatchNormalization`` trains on TensorFlow in separate ops: the batch's
 mean, its variance, then the normalisation, each with its own gradient.
 TensorFlow's ``FusedBatchNormV3`` computes the same in one oneDNN kernel each
 way. In the raw training step it ran 1.09-1.15x Keras's form on an AVX2 host
-(``python -m benchmarks.tf_raw_variants``); in ``model.fit`` figures are in
-docs/performance.md, "Choices per CPU".
+(``python -m benchmarks.tf_raw_variants``); in ``model.fit`` on an AVX-512 host,
+1.18x (medians of 9 windows in alternating processes, ``python -m
+benchmarks.tf_cpu_options``; docs/performance.md, "Choices per CPU").
 
 Two differences from Keras's form are taken care of here: the fused kernel
 returns the batch variance with Bessel's correction (n / (n - 1)), which Keras

@@ -30,7 +30,8 @@ from .distribute import Replicas, data_parallel
 from .evaluation import score
 from .feeding import EpochBatches
 from . import jax_cpu, tf_cpu
-from .recipes import RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
+from .model import plain_copy
+from .recipes import PRECISIONS, RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
 from .runtime import Runtime, keras_config, machine, make_deterministic
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
 # back to Python and tf.data between every two steps; with EpochBatches, 32 per call trained 1.41x
@@ -59,7 +60,12 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     recipe = RECIPES[config.recipe]
     total_steps = config.epochs * steps_per_epoch(len(x_train), batch_size)
     learning_rate = learning_rate_schedule(recipe, config.learning_rate, total_steps)
-    model = replicas.build_model(learning_rate)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[config.precision])
+    try:
+        model = replicas.build_model(learning_rate)
+    finally:  # only this model trains under it: the float32 copy and every later model are float32
+        keras.config.set_dtype_policy(previous_policy)
     speed_up(model)
     timer, clock = EpochTimer(), ElapsedClock(started)
     steps_per_execution = 1  # the data-parallel paths keep Keras's default: measured with it only
@@ -89,6 +95,11 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
     logs, epoch_seconds = history.history, timer.seconds
     if checkpoint:  # every epoch, those of the interrupted process included
         logs, epoch_seconds = checkpoint.history, checkpoint.epoch_seconds
+    mixed_precision_score = None
+    if config.precision != "float32":
+        # Scored as trained, then saved and scored as the float32 model that the files hold.
+        mixed_precision_score = score(model, dataset)
+        model = plain_copy(model, learning_rate)
     test_loss, test_accuracy = score(model, dataset)
 
     train_seconds = sum(epoch_seconds)
@@ -119,9 +130,13 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         "steady_images_per_second": (round(images * (config.epochs - 1) / sum(epoch_seconds[1:]), 1)
                                      if config.epochs > 1 else None),
         "wall_seconds": round(wall_seconds, 3),  # from loading the data to the end of the last epoch
-        "test_accuracy": float(test_accuracy),
+        "precision": config.precision,  # of training; the saved model is float32 either way
+        "test_accuracy": float(test_accuracy),  # of the saved model
         "test_loss": float(test_loss),
     }
+    if mixed_precision_score:
+        metrics["mixed_precision_test_accuracy"] = float(mixed_precision_score[1])
+        metrics["mixed_precision_test_loss"] = float(mixed_precision_score[0])
     if checkpoint:
         metrics["resumed_after_epoch"] = checkpoint.resumed_after_epoch
     elif config.validate:  # the test set scored after each epoch, timed from the start of this call
