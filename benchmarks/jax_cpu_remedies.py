@@ -51,7 +51,41 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
     "conv1 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1",)},
     "conv1-2 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1", "conv2")},
     "kept": {},
+    # The matmul forms with each input gradient computed by XLA's own transposed convolution instead of the
+    # matmul's (conv1's is a f32[73728, 288] product, then a col2im sum): xla_input_gradient() below.
+    "all matmul + XLA input gradients": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
+    "conv1 matmul + XLA input gradient": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
 }
+XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
+                      "conv1 matmul + XLA input gradient": ("conv1",)}
+
+
+def xla_input_gradient():
+    """``jax_cpu.conv_as_one_matmul`` for the forward pass and the weight gradient, with the input gradient of
+    XLA's plain VALID convolution (a study: measured no faster, not in ``jax_cpu``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mnist_multibackend.jax_cpu import conv_as_one_matmul
+
+    layout = ("NHWC", "HWIO", "NHWC")
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return conv_as_one_matmul(x, kernel)
+
+    def forward(x, kernel):
+        return conv_as_one_matmul(x, kernel), (x, kernel)
+
+    def backward(residuals, grad):
+        x, kernel = residuals
+        _, kernel_vjp = jax.vjp(lambda k: conv_as_one_matmul(x, k), kernel)
+        _, input_vjp = jax.vjp(lambda v: jax.lax.conv_general_dilated(v, kernel, (1, 1), "VALID",
+                                                                      dimension_numbers=layout), x)
+        return input_vjp(grad)[0], kernel_vjp(grad)[0]
+
+    conv.defvjp(forward, backward)
+    return lambda inputs, kernel: conv(jnp.asarray(inputs), jnp.asarray(kernel))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,6 +129,8 @@ def main(argv=None) -> int:
         model = compile_model(keras.Model.from_config(copy.deepcopy(config)))
         if VARIANTS[variant] is not None:
             speed_up(model, **VARIANTS[variant])
+        for name in XLA_INPUT_GRADIENT.get(variant, ()):
+            model.get_layer(name).convolution_op = xla_input_gradient()
         model.train_on_batch(x, y)  # builds the optimizer and metric variables of the step's state
         return model
 
