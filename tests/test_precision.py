@@ -40,7 +40,7 @@ def test_the_saved_model_is_float32_and_scores_as_reported(bfloat16_run, mnist):
     x, y = data.as_model_input(mnist.x_test), mnist.y_test
     accuracy = float(np.mean(model.predict(x, batch_size=1000, verbose=0).argmax(axis=1) == y))
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=2e-4)
-    # The optimizer state came along: resuming from the legacy file is possible (step count and moments).
+    # The optimizer state came along with the weights: the saved model's Adam has taken every step.
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 750  # 4,000 images / 16, 3 epochs
     assert (out / "MNIST_keras_CNN.h5").is_file() and (out / "MNIST_keras_w_CNN.h5").is_file()
 
