@@ -24,7 +24,7 @@ import platform
 import shlex
 import sys
 
-from . import allocator
+from . import allocator, xla_cpu_flags
 from .bench import last_run
 from .bench.workers import answer_json, run_worker
 from .errors import InputError
@@ -79,7 +79,8 @@ def probe(backend: str) -> dict:
         return {"status": "unavailable", "reason": str(err)}
     facts = {"status": "ok", "version": runtime.backend_version, "keras_version": runtime.keras_version,
              "device": runtime.device, "devices": list(runtime.devices),
-             "xla_flags": shlex.split(os.environ.get("XLA_FLAGS", "")), "malloc": allocator.state()}
+             "xla_flags": shlex.split(os.environ.get("XLA_FLAGS", "")), "malloc": allocator.state(),
+             "xla_cpu_convolutions": xla_cpu_flags.state()}
     facts.update(_tensorflow_facts(user_onednn) if backend == "tensorflow" else _jax_facts())
     if not facts["gpus"]:
         facts["why_no_gpu"] = _why_no_gpu(backend, facts)
@@ -182,6 +183,8 @@ def format_report(found: dict) -> str:
             row("devices", ", ".join(facts["devices"]), 2)
         flags = facts["xla_flags"] + facts.get("tf_xla_flags", [])
         row("XLA flags", " ".join(flags) if flags else "none (XLA_FLAGS unset)", 2)
+        if facts.get("xla_cpu_convolutions"):
+            row("convolutions", _xla_convolutions_text(facts["xla_cpu_convolutions"]), 2)
         row("GPU", ", ".join(facts["gpus"]) if facts["gpus"] else f"none: {facts['why_no_gpu']}", 2)
     lines.append("")
     last = found["last_bench"]
@@ -209,6 +212,12 @@ def _malloc_text(policy: str) -> str:
     if policy == "keep":
         return "glibc's; JAX runs keep freed memory for the next step (set by mnist-mb; MALLOC_* variables override)"
     return f"left as it is: {policy}"
+
+
+def _xla_convolutions_text(decision: str) -> str:
+    if decision == "set":
+        return "off YNNPACK's single-convolution path, XLA's own forms in training (set by mnist-mb; XLA_FLAGS overrides)"
+    return f"XLA_FLAGS left as it is: {decision}"
 
 
 def _onednn_text(onednn: dict) -> str:

@@ -16,7 +16,9 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   (im2col) and the kernel, since XLA:CPU's matmul runs near the CPU's peak
   while its convolutions do not; its gradients are matmuls too. It beat the
   SAME form above on both CPU kinds measured (AVX2, AVX-512). Which form each
-  CPU kind gets is ``conv_forms``'s choice.
+  CPU kind gets is ``conv_forms``'s choice. Where ``xla_cpu_flags`` has taken
+  XLA's convolutions off YNNPACK's single-convolution path (which ran them on
+  one thread), XLA's own convolutions are faster still, and they are kept.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -43,16 +45,21 @@ import keras
 CONVS = ("conv0", "conv1", "conv2", "conv3")
 
 
-def conv_forms(features: list[str]) -> dict[str, tuple[str, ...]]:
+def conv_forms(features: list[str], xla_convolutions_fast: bool = False) -> dict[str, tuple[str, ...]]:
     """Which convolutions run in which form on a CPU with ``features`` (``runtime.cpu_features``):
     each CPU kind gets what was measured fastest on it (docs/performance.md, "Choices per CPU").
 
-    Both kinds measured chose the same: all four convolutions as one matmul each. On AVX2 + FMA it
-    ran 1.1-1.3x the step of conv1 as SAME + crop; on AVX-512 (with BF16, no AMX) 1.25x (121 against
-    152 ms per step, faster in each of 10 interleaved rounds, ``python -m benchmarks.jax_cpu_remedies``),
+    ``xla_convolutions_fast``: XLA compiles convolutions off YNNPACK's single-convolution path
+    (``xla_cpu_flags.in_force()``). Then XLA's own convolutions are the fastest form: a training step of
+    72 ms against 98-99 ms with the matmul forms, in the same process, on AVX-512
+    (``python -m benchmarks.jax_cpu_remedies``). Otherwise both CPU kinds measured chose the same: all four
+    convolutions as one matmul each. On AVX2 + FMA it ran 1.1-1.3x the step of conv1 as SAME + crop; on
+    AVX-512 (with BF16, no AMX) 1.25x (121 against 152 ms per step, faster in each of 10 interleaved rounds),
     once malloc kept freed memory. CPUs not measured (AMX, ARM) get the same.
     """
     del features  # one answer for every kind measured so far; the argument keeps the per-CPU seam
+    if xla_convolutions_fast:
+        return {"same_padded_convs": (), "matmul_convs": ()}
     return {"same_padded_convs": (), "matmul_convs": CONVS}
 
 
@@ -73,8 +80,9 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
         return []
     if same_padded_convs is None or matmul_convs is None:
         from .runtime import cpu_features
+        from .xla_cpu_flags import in_force
 
-        chosen = conv_forms(cpu_features())
+        chosen = conv_forms(cpu_features(), in_force())
         same_padded_convs = chosen["same_padded_convs"] if same_padded_convs is None else same_padded_convs
         matmul_convs = chosen["matmul_convs"] if matmul_convs is None else matmul_convs
     changed = []

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 
+from . import xla_cpu_flags
 from .allocator import keep_freed_memory
 from .allocator import state as allocator_state
 from .errors import InputError, first_line, require_at_least
@@ -115,6 +116,7 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
     os.environ.update(tensorflow_cpu_settings(cpu_features(), os.environ))
     if backend == "jax":  # before JAX starts the threads that allocate; TensorFlow was not measured faster with it
         keep_freed_memory()
+        xla_cpu_flags.apply()  # before XLA reads XLA_FLAGS, which it does once, as JAX starts
     if device != "cpu":
         # Take GPU memory as needed instead of all of it up front (TensorFlow
         # maps nearly all of it, JAX 75 %), so that processes run one after
@@ -364,8 +366,10 @@ def cpu_line(host: dict) -> str:
     onednn = onednn_phrase(host)
     malloc = host.get("malloc")  # None: recorded before the choice existed, or no backend started
     malloc = None if malloc is None else "malloc keeps freed memory" if malloc == "kept" else f"malloc as is ({malloc})"
+    xla = host.get("xla_cpu_convolutions")  # None: recorded before the choice existed, or no JAX started
+    xla = None if xla is None else "XLA convolutions off YNNPACK" if xla["in_force"] else "XLA convolutions on YNNPACK"
     return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + \
-        "".join(f", {part}" for part in (onednn, malloc) if part)
+        "".join(f", {part}" for part in (onednn, malloc, xla) if part)
 
 
 def machine() -> dict:
@@ -375,7 +379,10 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in (cpuinfo or "").splitlines()
                 if line.startswith("model name")), cpu)
     # The load average says whether other work shared the cores during a measurement.
+    decision = xla_cpu_flags.state()
+    xla = None if decision is None else {"decision": decision, "in_force": xla_cpu_flags.in_force()}
     return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "malloc": allocator_state(),
+            "xla_cpu_convolutions": xla,
             "cores": os.cpu_count(),
             "system": platform.platform(), "load_average_1min": round(os.getloadavg()[0], 2)}
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import BACKEND, assert_clean_error, cli
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512, GRAVITON2, XEON_AMX
-from mnist_multibackend import allocator, doctor
+from mnist_multibackend import allocator, doctor, xla_cpu_flags
 from mnist_multibackend.bench import last_run
 from mnist_multibackend.runtime import cpu_features, cpu_flags, cpu_line, machine
 
@@ -160,7 +160,10 @@ def test_doctor_json_describes_this_machine_and_both_backends(doctor_json):
         (version("tensorflow"), version("jax"), version("jaxlib"))
     assert tensorflow["keras_version"] == jax["keras_version"] == version("keras")
     xla_flags = shlex.split(os.environ.get("XLA_FLAGS", ""))
-    assert tensorflow["xla_flags"] == jax["xla_flags"] == xla_flags
+    assert tensorflow["xla_flags"] == xla_flags
+    # A JAX run adds XLA:CPU's convolution setting where this XLA knows it and the flags do not set it already.
+    added = xla_cpu_flags.policy(os.environ, xla_cpu_flags.xla_knows_setting(), jax_running=False) == "set"
+    assert jax["xla_flags"] == xla_flags + ([xla_cpu_flags.SETTING] if added else [])
     assert isinstance(tensorflow["onednn"]["enabled"], bool)
     assert isinstance(tensorflow["built_with_cuda"], bool)
     assert tensorflow["intra_op_threads"] >= 0 and tensorflow["inter_op_threads"] >= 0
@@ -239,6 +242,13 @@ def test_train_metrics_record_the_cpu_features(train_metrics):
     expected = ("kept" if policy == "keep" else policy) if BACKEND == "jax" else None  # set for JAX only
     assert train_metrics["machine"]["malloc"] == expected
     assert ("malloc keeps freed memory" in cpu_line(train_metrics["machine"])) == (expected == "kept")
+    xla = train_metrics["machine"]["xla_cpu_convolutions"]
+    if BACKEND == "jax":  # the run's process inherits this one's XLA_FLAGS, set by runtime.start (conftest)
+        decision = xla_cpu_flags.policy(os.environ, xla_cpu_flags.xla_knows_setting(), jax_running=False)
+        assert xla == {"decision": decision, "in_force": xla_cpu_flags.in_force()}
+        assert ("XLA convolutions off YNNPACK" in cpu_line(train_metrics["machine"])) == xla["in_force"]
+    else:
+        assert xla is None
 
 
 @pytest.mark.tensorflow

@@ -16,9 +16,13 @@ from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512
 from mnist_multibackend.jax_cpu import CONVS, conv_forms, speed_up
 from mnist_multibackend.model import build_model, compile_model
 from mnist_multibackend.runtime import cpu_features
+from mnist_multibackend.xla_cpu_flags import in_force
 
-# The forms measured fastest on each CPU kind (docs/performance.md, "Choices per CPU").
+# The forms measured fastest on each CPU kind (docs/performance.md, "Choices per CPU"), with XLA's single
+# convolutions on YNNPACK (XLA's default) and off it (xla_cpu_flags).
 FORMS = {"avx512": conv_forms(cpu_features(EPYC_AVX512)), "avx2": conv_forms(cpu_features(EPYC_AVX2))}
+FORMS_XLA_CONVOLUTIONS_FAST = {kind: conv_forms(cpu_features(sample), xla_convolutions_fast=True)
+                               for kind, sample in (("avx512", EPYC_AVX512), ("avx2", EPYC_AVX2))}
 
 
 def _rebound(model) -> list[str]:
@@ -47,11 +51,13 @@ def _sped_up(**forms) -> keras.Model:
 def test_each_cpu_kind_gets_the_forms_measured_on_it():
     # Measured on both: the im2col matmul form beat conv1's SAME form on AVX2 and on AVX-512.
     assert FORMS["avx512"] == FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS}
+    # With XLA's convolutions off YNNPACK's single-convolution path, XLA's own beat the matmul forms.
+    assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == {"same_padded_convs": (), "matmul_convs": ()}
 
 
 @pytest.mark.jax
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
-    chosen = conv_forms(cpu_features())
+    chosen = conv_forms(cpu_features(), in_force())
     expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
                 if name.startswith("MP") or name in chosen["same_padded_convs"] + chosen["matmul_convs"]]
     assert speed_up(build_model()) == expected
@@ -87,9 +93,11 @@ def test_config_and_saved_file_are_the_original(tmp_path):
     assert result.stdout.split() == ["Conv2D", "valid", "MaxPooling2D"]
 
 
-# Every form speed_up offers: the one chosen on the CPUs measured, and conv1's SAME form (studied, and
-# what AVX-512 hosts ran until the matmul form was measured there).
-OFFERED_FORMS = {"chosen": FORMS["avx2"], "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": ()}}
+# Every form speed_up offers: the ones chosen on the CPUs measured (XLA's convolutions with the pools' mask
+# gradient, where XLA:CPU's setting is in force; the matmul forms elsewhere), and conv1's SAME form (studied,
+# and what AVX-512 hosts ran until the matmul form was measured there).
+OFFERED_FORMS = {"chosen": FORMS["avx2"], "chosen, XLA convolutions fast": FORMS_XLA_CONVOLUTIONS_FAST["avx2"],
+                 "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": ()}}
 
 
 @pytest.mark.jax
