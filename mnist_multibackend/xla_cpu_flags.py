@@ -11,9 +11,9 @@ gradient to 72 ms, against 99-111 ms for the im2col matmul forms that
 which YNNPACK fuses whole, ran at the same speed either way.
 
 The flag is experimental, and an XLA that does not know a flag in ``XLA_FLAGS``
-aborts the process as it starts. So it is added only when the installed
-jaxlib's library carries both the flag's name and its value, and only when the
-user's ``XLA_FLAGS`` does not already set it. ``jax_cpu.conv_forms`` reads
+aborts the process as it starts. So it is added only when every installed
+XLA that JAX may load (jaxlib's, a GPU plugin's) carries both the flag's name
+and its value, and only when the user's ``XLA_FLAGS`` does not already set it. ``jax_cpu.conv_forms`` reads
 ``in_force()`` to choose the convolutions' forms: the matmul forms remain the
 faster choice wherever the flag is not in force.
 """
@@ -33,14 +33,30 @@ SETTING = f"{FLAG}={VALUE}"
 _state = {"decision": None}
 
 
+# Packages that carry a copy of XLA, each of which parses XLA_FLAGS when it loads: jaxlib, and JAX's GPU plugins.
+XLA_PACKAGES = ("jaxlib", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
 def xla_knows_setting() -> bool:
-    """Whether the installed jaxlib's XLA knows ``FLAG`` and ``VALUE``: both names are in its shared libraries
-    (found without importing jaxlib, which would not be the reason to load it)."""
-    spec = importlib.util.find_spec("jaxlib")
+    """Whether every installed XLA that JAX may load (jaxlib's, and a GPU plugin's) knows ``FLAG`` and ``VALUE``:
+    both names are in its shared libraries (found without importing them, which would start nothing useful)."""
+    found = [_package_dir(name) for name in XLA_PACKAGES]
+    return found[0] is not None and all(_library_knows(folder) for folder in found if folder is not None)
+
+
+def _package_dir(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
-        return False
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _library_knows(folder: Path) -> bool:
     wanted = {FLAG[2:].encode(), VALUE[1:].encode()}
-    for library in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.so*")):
+    for library in sorted(folder.rglob("*.so*")):
         try:
             with open(library, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 wanted = {name for name in wanted if data.find(name) < 0}

@@ -44,6 +44,19 @@ def test_a_made_up_setting_is_not_found_in_jaxlib(monkeypatch):
     assert xla_cpu_flags.xla_knows_setting() is False
 
 
+@pytest.mark.skipif(not xla_cpu_flags.xla_knows_setting(), reason="this jaxlib's XLA does not know the setting")
+def test_a_gpu_plugin_whose_xla_lacks_the_setting_keeps_it_off(monkeypatch, tmp_path):
+    # Its XLA parses XLA_FLAGS too, and would abort on a flag it does not know.
+    plugin = tmp_path / "jax_cuda12_plugin"
+    plugin.mkdir()
+    (plugin / "xla_cuda_plugin.so").write_bytes(b"\x7fELF" + FLAG[2:].encode() + b" other names only")
+    found = xla_cpu_flags._package_dir
+    monkeypatch.setattr(xla_cpu_flags, "_package_dir", lambda name: plugin if name == "jax_cuda12_plugin" else found(name))
+    assert xla_cpu_flags.xla_knows_setting() is False
+    (plugin / "xla_cuda_plugin.so").write_bytes(b"\x7fELF" + FLAG[2:].encode() + b" " + xla_cpu_flags.VALUE[1:].encode())
+    assert xla_cpu_flags.xla_knows_setting() is True
+
+
 # A child starts JAX as every run does (runtime.start), then compiles conv1 of the model on its own and reports
 # whether XLA handed it to YNNPACK as a one-operation fusion (the path the setting turns off).
 CHILD = """
