@@ -378,9 +378,9 @@ def machine() -> dict:
     cpuinfo = _read_cpuinfo()
     cpu = next((line.split(":", 1)[1].strip() for line in (cpuinfo or "").splitlines()
                 if line.startswith("model name")), cpu)
-    # The load average says whether other work shared the cores during a measurement.
     decision = xla_cpu_flags.state()
     xla = None if decision is None else {"decision": decision, "in_force": xla_cpu_flags.in_force()}
+    # The load average says whether other work shared the cores during a measurement.
     return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "malloc": allocator_state(),
             "xla_cpu_convolutions": xla,
             "cores": os.cpu_count(),

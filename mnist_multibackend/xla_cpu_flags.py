@@ -13,9 +13,9 @@ which YNNPACK fuses whole, ran at the same speed either way.
 The flag is experimental, and an XLA that does not know a flag in ``XLA_FLAGS``
 aborts the process as it starts. So it is added only when every installed
 XLA that JAX may load (jaxlib's, a GPU plugin's) carries both the flag's name
-and its value, and only when the user's ``XLA_FLAGS`` does not already set it. ``jax_cpu.conv_forms`` reads
-``in_force()`` to choose the convolutions' forms: the matmul forms remain the
-faster choice wherever the flag is not in force.
+and its value, and only when the user's ``XLA_FLAGS`` does not already set it.
+``jax_cpu.conv_forms`` reads ``in_force()`` to choose the convolutions' forms:
+the matmul forms remain the faster choice wherever the flag is not in force.
 """
 
 from __future__ import annotations
