@@ -41,7 +41,8 @@ from mnist_multibackend.runtime import machine, start
 
 VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain model
     "plain": None,
-    "pool mask gradient": {"same_padded_convs": (), "mask_pool_gradient": True},
+    # Keras's own convolutions with the pools' mask gradient: what train() keeps where xla_cpu_flags is in force.
+    "pool mask gradient": {"same_padded_convs": (), "matmul_convs": (), "mask_pool_gradient": True},
     **{f"{conv} SAME+crop": {"same_padded_convs": (conv,), "mask_pool_gradient": False}
        for conv in ("conv0", "conv1", "conv2", "conv3")},
     **{f"{conv} matmul": {"same_padded_convs": (), "mask_pool_gradient": False, "matmul_convs": (conv,)}
