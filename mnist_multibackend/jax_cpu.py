@@ -63,11 +63,19 @@ def conv_forms(features: list[str], xla_convolutions_fast: bool = False) -> dict
     return {"same_padded_convs": (), "matmul_convs": CONVS}
 
 
+def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
+    """``conv_forms`` for this process: this CPU's features, and whether ``xla_cpu_flags`` is in force."""
+    from .runtime import cpu_features
+    from .xla_cpu_flags import in_force
+
+    return conv_forms(cpu_features(), in_force())
+
+
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
-    By default the convolutions' forms are this CPU's (``conv_forms``);
+    By default the convolutions' forms are this process's (``chosen_conv_forms``);
     ``benchmarks.jax_cpu_remedies`` passes others to compare them. Does nothing (returns ``[]``) on another
     backend or device: the figures behind these choices are XLA:CPU's.
     """
@@ -79,10 +87,7 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
     if getattr(device, "platform", device or jax.default_backend()) != "cpu":
         return []
     if same_padded_convs is None or matmul_convs is None:
-        from .runtime import cpu_features
-        from .xla_cpu_flags import in_force
-
-        chosen = conv_forms(cpu_features(), in_force())
+        chosen = chosen_conv_forms()
         same_padded_convs = chosen["same_padded_convs"] if same_padded_convs is None else same_padded_convs
         matmul_convs = chosen["matmul_convs"] if matmul_convs is None else matmul_convs
     changed = []

@@ -16,9 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_multibackend.jax_cpu import conv_as_one_matmul, conv_forms, max_pool_with_mask_gradient
-from mnist_multibackend.runtime import cpu_features
-from mnist_multibackend.xla_cpu_flags import in_force
+from mnist_multibackend.jax_cpu import chosen_conv_forms, conv_as_one_matmul, max_pool_with_mask_gradient
 
 from .core import CONVS, DENSES, NORMS, POOL_AFTER, CoreSpec
 
@@ -31,8 +29,8 @@ def _on_cpu() -> bool:
 
 
 def _conv(name: str, x, kernel, training: bool):
-    """The same forms as the Keras model that train() trains on this CPU (``jax_cpu.conv_forms``)."""
-    forms = conv_forms(cpu_features(), in_force()) if training and _on_cpu() else {"same_padded_convs": (), "matmul_convs": ()}
+    """The same forms as the Keras model that train() trains in this process (``jax_cpu.chosen_conv_forms``)."""
+    forms = chosen_conv_forms() if training and _on_cpu() else {"same_padded_convs": (), "matmul_convs": ()}
     if name in forms["matmul_convs"]:
         return conv_as_one_matmul(x, kernel)
     if name in forms["same_padded_convs"]:  # 3x3: SAME, then one pixel off each side
