@@ -43,6 +43,11 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
     "plain": None,
     # Keras's own convolutions with the pools' mask gradient: what train() keeps where xla_cpu_flags is in force.
     "pool mask gradient": {"same_padded_convs": (), "matmul_convs": (), "mask_pool_gradient": True},
+    # XLA's convolutions with weight gradients summed over slices of images (jax_cpu.WEIGHT_GRADIENT_SLICE).
+    "pool mask + sliced weight gradients": {"same_padded_convs": (), "matmul_convs": (),
+                                            "sliced_weight_gradient_convs": ("conv1", "conv2", "conv3")},
+    "pool mask + all four sliced": {"same_padded_convs": (), "matmul_convs": (),
+                                    "sliced_weight_gradient_convs": ("conv0", "conv1", "conv2", "conv3")},
     **{f"{conv} SAME+crop": {"same_padded_convs": (conv,), "mask_pool_gradient": False}
        for conv in ("conv0", "conv1", "conv2", "conv3")},
     **{f"{conv} matmul": {"same_padded_convs": (), "mask_pool_gradient": False, "matmul_convs": (conv,)}
@@ -57,6 +62,10 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
     "all matmul + XLA input gradients": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
     "conv1 matmul + XLA input gradient": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
 }
+# Each variant rebinds only what it names; "kept" alone takes this process's choices (jax_cpu.chosen_conv_forms).
+for _variant, _forms in VARIANTS.items():
+    if _forms and _variant != "kept":
+        _forms.setdefault("sliced_weight_gradient_convs", ())
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import BACKEND
 from mnist_multibackend import data
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512
-from mnist_multibackend.jax_cpu import CONVS, conv_forms, speed_up
+from mnist_multibackend.jax_cpu import (CONVS, WEIGHT_GRADIENT_SLICE, conv_forms,
+                                        conv_with_sliced_weight_gradient, speed_up)
 from mnist_multibackend.model import build_model, compile_model
 from mnist_multibackend.runtime import cpu_features
 from mnist_multibackend.xla_cpu_flags import in_force
@@ -50,18 +51,23 @@ def _sped_up(**forms) -> keras.Model:
 
 def test_each_cpu_kind_gets_the_forms_measured_on_it():
     # Measured on both: the im2col matmul form beat conv1's SAME form on AVX2 and on AVX-512.
-    assert FORMS["avx512"] == FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS}
-    # With XLA's convolutions off YNNPACK's single-convolution path, XLA's own beat the matmul forms.
-    assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == {"same_padded_convs": (), "matmul_convs": ()}
+    assert FORMS["avx512"] == FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS,
+                                                "sliced_weight_gradient_convs": ()}
+    # With XLA's convolutions off YNNPACK's single-convolution path, XLA's own beat the matmul forms, and
+    # their weight gradients summed over slices of the batch beat XLA's whole-batch ones.
+    assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == {"same_padded_convs": (), "matmul_convs": (),
+                                                     "sliced_weight_gradient_convs": ("conv1", "conv2", "conv3")}
 
 
 @pytest.mark.jax
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
     chosen = conv_forms(cpu_features(), in_force())
+    rebound = chosen["same_padded_convs"] + chosen["matmul_convs"] + chosen["sliced_weight_gradient_convs"]
     expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
-                if name.startswith("MP") or name in chosen["same_padded_convs"] + chosen["matmul_convs"]]
+                if name.startswith("MP") or name in rebound]
     assert speed_up(build_model()) == expected
-    assert speed_up(build_model(), same_padded_convs=("conv1",), matmul_convs=()) == ["conv1", "MP1", "MP2"]
+    assert speed_up(build_model(), same_padded_convs=("conv1",), matmul_convs=(),
+                    sliced_weight_gradient_convs=()) == ["conv1", "MP1", "MP2"]
 
 
 def test_models_for_inference_keep_kerass_own_computations():
@@ -97,7 +103,8 @@ def test_config_and_saved_file_are_the_original(tmp_path):
 # gradient, where XLA:CPU's setting is in force; the matmul forms elsewhere), and conv1's SAME form (studied,
 # and what AVX-512 hosts ran until the matmul form was measured there).
 OFFERED_FORMS = {"chosen": FORMS["avx2"], "chosen, XLA convolutions fast": FORMS_XLA_CONVOLUTIONS_FAST["avx2"],
-                 "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": ()}}
+                 "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": (),
+                                       "sliced_weight_gradient_convs": ()}}
 
 
 @pytest.mark.jax
@@ -124,6 +131,30 @@ def test_outputs_and_gradients_equal_the_plain_model(images, form):
         # matmul form by 5e-6 (AVX-512 host); so the tolerance follows the gradient's scale.
         b = np.asarray(b)
         np.testing.assert_allclose(np.asarray(a), b, atol=1e-5 + 1e-4 * np.abs(b).max(), rtol=1e-5, err_msg=variable.path)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("batch", [WEIGHT_GRADIENT_SLICE - 5, 2 * WEIGHT_GRADIENT_SLICE + 7])
+def test_sliced_weight_gradient_is_the_whole_batchs(batch):
+    """One slice, and several with a shorter last one (the last batch of an epoch): the same gradients."""
+    import jax
+
+    rng = np.random.default_rng(batch)
+    x = rng.normal(size=(batch, 12, 12, 32)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 32, 64)).astype("float32") / 17
+    upstream = rng.normal(size=(batch, 10, 10, 64)).astype("float32")
+
+    def keras_conv(x, kernel):
+        return keras.ops.conv(x, kernel, strides=1, padding="valid", data_format="channels_last")
+
+    outputs, sliced_vjp = jax.vjp(conv_with_sliced_weight_gradient, x, kernel)
+    expected_outputs, keras_vjp = jax.vjp(keras_conv, x, kernel)
+    np.testing.assert_array_equal(np.asarray(outputs), np.asarray(expected_outputs))
+    (dx, dk), (expected_dx, expected_dk) = sliced_vjp(upstream), keras_vjp(upstream)
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(expected_dx))
+    # Sums of batch * 100 products per element, in another order.
+    np.testing.assert_allclose(np.asarray(dk), np.asarray(expected_dk), rtol=1e-5, atol=1e-4)
+    assert not np.array_equal(np.asarray(dk), np.zeros_like(dk))
 
 
 @pytest.mark.jax

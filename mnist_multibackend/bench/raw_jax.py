@@ -4,9 +4,9 @@ A reference with no Keras in the loop, so that Keras's overhead on the JAX
 backend shows as a ratio. It computes what the Keras model computes (see
 ``core``); the worker checks that its predictions match Keras's. Its training
 step on a CPU uses the forms that ``mnist-mb train`` runs there
-(``mnist_multibackend.jax_cpu``: ``conv1`` as a SAME convolution cropped by one
-pixel, the max pools' gradient as a mask), and its prediction Keras's own, as
-``mnist-mb predict`` does, so the ratio compares like with like.
+(``mnist_multibackend.jax_cpu.chosen_conv_forms``, and the max pools' gradient
+as a mask), and its prediction Keras's own, as ``mnist-mb predict`` does, so
+the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_multibackend.jax_cpu import chosen_conv_forms, conv_as_one_matmul, max_pool_with_mask_gradient
+from mnist_multibackend.jax_cpu import (chosen_conv_forms, conv_as_one_matmul, conv_with_sliced_weight_gradient,
+                                        max_pool_with_mask_gradient)
 
 from .core import CONVS, DENSES, NORMS, POOL_AFTER, CoreSpec
 
@@ -30,10 +31,12 @@ def _on_cpu() -> bool:
 
 def _conv(name: str, x, kernel, training: bool):
     """The same forms as the Keras model that train() trains in this process (``jax_cpu.chosen_conv_forms``)."""
-    forms = chosen_conv_forms() if training and _on_cpu() else {"same_padded_convs": (), "matmul_convs": ()}
-    if name in forms["matmul_convs"]:
+    forms = chosen_conv_forms() if training and _on_cpu() else {}
+    if name in forms.get("matmul_convs", ()):
         return conv_as_one_matmul(x, kernel)
-    if name in forms["same_padded_convs"]:  # 3x3: SAME, then one pixel off each side
+    if name in forms.get("sliced_weight_gradient_convs", ()):
+        return conv_with_sliced_weight_gradient(x, kernel)
+    if name in forms.get("same_padded_convs", ()):  # 3x3: SAME, then one pixel off each side
         return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_LAYOUT)[:, 1:-1, 1:-1, :]
     return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_LAYOUT)
 
