@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     race.add_argument("--runs", type=_whole_number, default=3, help="runs of each recipe on each backend (default: 3)")
     race.add_argument("--epochs", type=_whole_number, help="override the recipes' (a quick check, not a result)")
     race.add_argument("--limit", type=_whole_number, help="train on the first N images only (a quick check)")
+    race.add_argument("--precision", choices=PRECISIONS, default="float32",
+                      help="as for train: bfloat16 trains in Keras's mixed_bfloat16 and saves a float32 copy "
+                           "(default: float32)")
     race.add_argument("--out", default="runs/time-to-accuracy", help="folder to write (default: runs/time-to-accuracy)")
     race.add_argument("--data", help="as for train")
 
@@ -397,7 +400,8 @@ def run_time_to_accuracy(args) -> int:
     check_folder_target(args.out)  # before the runs
 
     results = run(TimeToAccuracyConfig(out=args.out, backends=args.backends, recipes=args.recipes, runs=args.runs,
-                                       data=args.data, epochs=args.epochs, limit=args.limit))
+                                       data=args.data, epochs=args.epochs, limit=args.limit,
+                                       precision=args.precision))
     print(table(results["summary"]))
     print(f"wrote {args.out}/results.json, results.md", file=sys.stderr)
     return 1 if failed(results["runs"]) else 0

@@ -48,6 +48,20 @@ def test_time_to_accuracy_command_writes_its_results(tmp_path, mnist_dir):
     assert results["command"] in (tmp_path / "results.md").read_text()
 
 
+def test_time_to_accuracy_in_bfloat16_says_so_and_scores_the_float32_copy(tmp_path, mnist_dir):
+    result = cli("time-to-accuracy", "--backends", BACKEND, "--runs", 1, "--epochs", 1, "--limit", 256,
+                 "--precision", "bfloat16", "--data", mnist_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert results["precision"] == run["precision"] == "bfloat16"
+    assert results["command"].endswith("--precision bfloat16")
+    # Two scores: the bfloat16 model's and the float32 copy's, the one saved and reported.
+    assert 0 < run["mixed_precision_test_accuracy"] <= 1 and 0 < run["test_accuracy"] <= 1
+    report = (tmp_path / "results.md").read_text()
+    assert results["command"] in report and "Trained in bfloat16" in report
+
+
 def test_time_to_accuracy_without_data_is_one_line(tmp_path):
     result = cli("time-to-accuracy", "--backends", BACKEND, "--runs", 1, "--data", tmp_path / "missing",
                  "--out", tmp_path / "out")

@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mnist_multibackend.atomic import temporary_folder  # noqa: E402
 from mnist_multibackend.errors import require_at_least  # noqa: E402
-from mnist_multibackend.recipes import RECIPES, TARGET_ACCURACY  # noqa: E402
+from mnist_multibackend.recipes import PRECISIONS, RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, cpu_line, results_machine  # noqa: E402
 
 from .report import exit_status, write_results  # noqa: E402
@@ -46,6 +46,7 @@ class TimeToAccuracyConfig:
     data: str | None = None
     epochs: int | None = None  # override the recipes' (a quick check); None: the recipes' own
     limit: int | None = None  # train on the first N images only (a quick check)
+    precision: str = "float32"  # as mnist-mb train --precision: bfloat16 trains in Keras's mixed_bfloat16
 
     def __post_init__(self):
         for flag, value in (("--runs", self.runs), ("--epochs", self.epochs), ("--limit", self.limit)):
@@ -56,7 +57,8 @@ class TimeToAccuracyConfig:
         words = ["mnist-mb", "time-to-accuracy", "--backends", ",".join(self.backends), "--recipes",
                  ",".join(self.recipes), "--runs", str(self.runs), "--out", self.out]
         words += ["--epochs", str(self.epochs)] if self.epochs else []
-        return " ".join(words + (["--limit", str(self.limit)] if self.limit else []))
+        words += ["--limit", str(self.limit)] if self.limit else []
+        return " ".join(words + (["--precision", self.precision] if self.precision != "float32" else []))
 
 
 def run(config: TimeToAccuracyConfig) -> dict:
@@ -77,6 +79,7 @@ def run(config: TimeToAccuracyConfig) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "load_average_before": load_before,
         "target": TARGET_ACCURACY,
+        "precision": config.precision,
         "machine": results_machine(hosts),
         "summary": summarise(runs),
         "runs": runs,
@@ -92,6 +95,7 @@ def time_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict
         args += ["--data", config.data] if config.data else []
         args += ["--epochs", config.epochs] if config.epochs else []
         args += ["--limit", config.limit] if config.limit else []
+        args += ["--precision", config.precision]
         launched = time.perf_counter()
         answer = run_worker(WORKER, args, label=f"time-to-accuracy: {backend}, recipe {recipe}", echo=False)
         process_seconds = time.perf_counter() - launched
@@ -172,13 +176,20 @@ def markdown(results: dict) -> str:
         "Seconds from the start of a fresh process (before Keras is imported) to the end of the first epoch "
         f"whose test accuracy reached {results['target']:.2%}; the test set is scored after every epoch. "
         "\"Whole command\": the process from launch to exit (training, the final evaluation and saving the "
-        "run folder). Training images/s: epochs 2 onwards.",
+        "run folder). Training images/s: epochs 2 onwards." + _precision_note(results.get("precision", "float32")),
         "",
         table(results["summary"]),
         "",
         *failures,
         *([""] if failures else []),
     ])
+
+
+def _precision_note(precision: str) -> str:
+    if precision == "float32":
+        return ""
+    return (f" Trained in {precision} (Keras's mixed_{precision} policy): the epochs' test accuracy is the "
+            f"{precision} model's, the final test accuracy that of the float32 copy saved.")
 
 
 # --- the worker ------------------------------------------------------------------------------------------
@@ -193,14 +204,17 @@ def worker(args) -> dict:
     from mnist_multibackend.training import time_to_accuracy, train
 
     clock = ElapsedClock(PROCESS_STARTED)
-    config = TrainConfig(recipe=args.recipe, epochs=args.epochs, limit=args.limit, data=args.data, out=args.run_dir)
+    config = TrainConfig(recipe=args.recipe, epochs=args.epochs, limit=args.limit, data=args.data, out=args.run_dir,
+                         precision=args.precision)
     metrics = train(config, runtime, callbacks=[clock])
     history = _read_history(Path(args.run_dir) / "history.csv")
     reached = time_to_accuracy(history["val_accuracy"], clock.seconds)
     return {
         "status": "ok", "backend": runtime.backend, "recipe": args.recipe, "epochs": config.epochs,
         "seconds_to_target": reached["seconds"], "epoch_reached": reached["epoch"],
-        "test_accuracy": metrics["test_accuracy"],
+        "test_accuracy": metrics["test_accuracy"], "precision": config.precision,
+        **({"mixed_precision_test_accuracy": metrics["mixed_precision_test_accuracy"]}
+           if "mixed_precision_test_accuracy" in metrics else {}),
         "epoch_test_accuracy": history["val_accuracy"],
         "epoch_end_seconds": [round(s, 2) for s in clock.seconds],
         "steady_images_per_second": metrics["steady_images_per_second"],
@@ -231,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     args = parser.parse_args(argv)
     return answer_json(lambda: worker(args))
 
