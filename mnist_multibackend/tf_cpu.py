@@ -70,14 +70,22 @@ def fused_batch_norm_call(layer):
         if not (training and layer.trainable) or mask is not None or len(inputs.shape) != 4:
             return keras_call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 whatever the compute dtype
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, tf.cast(layer.gamma, "float32"), tf.cast(layer.beta, "float32"), epsilon=layer.epsilon,
-            data_format="NHWC", is_training=True)
-        count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")  # values per channel
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # undo Bessel's correction, as Keras keeps it
+        outputs, mean, variance = fused_batch_norm_training(
+            x, tf.cast(layer.gamma, "float32"), tf.cast(layer.beta, "float32"), layer.epsilon)
         momentum = layer.momentum
         layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
         layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
         return tf.cast(outputs, layer.compute_dtype)
 
     return call
+
+
+def fused_batch_norm_training(x, gamma, beta, epsilon: float):
+    """Batch norm of float32 NHWC ``x`` over its batch, in ``FusedBatchNormV3``: ``(outputs, mean, variance)``,
+    the variance without Bessel's correction, as Keras computes and keeps it."""
+    import tensorflow as tf
+
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True)
+    count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")  # values per channel
+    return outputs, mean, variance * (count - 1.0) / tf.maximum(count, 1.0)

@@ -6,6 +6,7 @@ never how fast anything ran.
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,6 +60,39 @@ def test_raw_reference_predicts_and_learns_as_keras_does(mnist):
     assert raw_after < before - 0.05 and keras_after < before - 0.05
     # Only the dropout masks differ between the two: the losses move together.
     assert abs(raw_after - keras_after) < 0.05, (before, raw_after, keras_after)
+
+
+def _raw_moving_statistics(raw) -> dict[str, np.ndarray]:
+    moving = raw.moving if BACKEND == "tensorflow" else raw._state[1]
+    return {name: np.asarray(value) for name, value in moving.items()}
+
+
+def test_raw_reference_keeps_kerass_moving_statistics(mnist):
+    """One training step from the same weights on the same batch: the batch norms' moving statistics (which
+    dropout, the only random part, cannot reach) are Keras's, in whichever batch-norm form each trains."""
+    from mnist_multibackend.training import speed_up
+
+    model = compile_model(build_model())
+    raw = _raw_reference(spec_from_keras(model))
+    speed_up(model)  # the forms train() gives the model on this machine (TensorFlow/CPU: the fused batch norm)
+    x, y = data.as_model_input(mnist.x_train[:96]), data.one_hot(mnist.y_train[:96])
+    raw.train(raw.to_device([(x, y)]))
+    model.train_on_batch(x, y)
+    moving = _raw_moving_statistics(raw)
+    assert len(moving) == 8
+    momentum = model.get_layer("bn0").momentum
+    for name, value in moving.items():
+        layer, weight = name.split("/")
+        start = 0.0 if weight == "moving_mean" else 1.0  # Keras's initial moving statistics
+        expected = keras.ops.convert_to_numpy(getattr(model.get_layer(layer), weight))
+
+        def batch_statistic(moving_value):  # what the step folded in: sharper than the moving value itself
+            return (moving_value - momentum * start) / (1 - momentum)
+
+        assert not np.allclose(expected, start)  # the step moved them
+        # bn3 sees 96 x 8 x 8 values per channel: a variance with Bessel's correction would be 1.6e-4 off.
+        np.testing.assert_allclose(batch_statistic(value), batch_statistic(expected), rtol=5e-5, atol=1e-5,
+                                   err_msg=name)
 
 
 def test_data_path_reference_writes_the_same_csv(mnist):
