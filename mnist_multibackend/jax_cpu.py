@@ -19,12 +19,14 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   CPU kind gets is ``conv_forms``'s choice. Where ``xla_cpu_flags`` has taken
   XLA's convolutions off YNNPACK's single-convolution path (which ran them on
   one thread), XLA's own convolutions are faster still, and they are kept.
-- a convolution's weight gradient, with XLA's own convolutions: it sums over
-  the batch, and XLA first copies the layer's input and upstream gradient into
-  layouts with the batch innermost; from batch 128 up, those copies and the
-  sum work out of the cache. The same gradient summed over slices of 32 images
-  made the training step 1.07x faster at batch 128 and 1.09-1.12x at 512. The
-  forward pass and the input gradient stay Keras's.
+- a convolution's weight gradient, with XLA's own convolutions: one XLA
+  convolution sums over the whole batch, after XLA copies the layer's input and
+  upstream gradient into layouts with the batch innermost. The same gradient
+  summed over slices of 32 images made the training step 1.06-1.10x faster at
+  batch 128 and 1.26x at 512; the copies account for part of it (bn0's output
+  into conv1's layout: 32 ms whole, 20 ms in slices, at batch 512), the
+  convolutions themselves for the rest. The forward pass and the input gradient
+  stay Keras's.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -49,8 +51,8 @@ import functools
 import keras
 
 CONVS = ("conv0", "conv1", "conv2", "conv3")
-SLICED_CONVS = ("conv1", "conv2", "conv3")  # conv0's input has one channel: its gradient's copies are small
-# Images per slice of a sliced weight gradient: 16 and 32 measured alike at batch 128, 64 less well.
+SLICED_CONVS = ("conv1", "conv2", "conv3")  # conv0 (one input channel) measured no faster sliced
+# Images per slice of a sliced weight gradient: 16 and 32 measured alike at batch 128; 64 and 128 gained less.
 WEIGHT_GRADIENT_SLICE = 32
 
 
@@ -67,8 +69,8 @@ def conv_forms(features: list[str], xla_convolutions_fast: bool = False) -> dict
     once malloc kept freed memory. CPUs not measured (AMX, ARM) get the same.
 
     With XLA's own convolutions, conv1-conv3 also get their weight gradients summed over slices of
-    ``WEIGHT_GRADIENT_SLICE`` images: 1.07x the step at batch 128 and 1.09-1.12x at 512 (AVX-512, same
-    process, alternating). The matmul forms' weight gradients are matmuls already.
+    ``WEIGHT_GRADIENT_SLICE`` images: 1.06-1.10x the step at batch 128 and 1.26x at 512 (AVX-512, one
+    process, alternating windows). The matmul forms' weight gradients are matmuls already.
     """
     del features  # one answer for every kind measured so far; the argument keeps the per-CPU seam
     if xla_convolutions_fast:
