@@ -388,7 +388,8 @@ def run_bench(args) -> int:
                                          batch_sizes=args.batch_sizes, backends=args.backends))
     print(throughput_table(results["rows"]))
     print(f"wrote {args.out}/results.json, results.md, results.png", file=sys.stderr)
-    return 1 if failed(results["rows"]) else 0
+    side = results["side_by_side"]
+    return 1 if failed(results["rows"]) or (side and side["status"] != "ok") else 0
 
 
 def run_time_to_accuracy(args) -> int:

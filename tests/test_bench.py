@@ -168,6 +168,21 @@ def test_quick_bench_writes_the_whole_matrix(tmp_path, mnist_dir):
     assert summary["results"] == str(out.resolve()) and summary["machine"]["cpu_features"] == cpu_features()
     assert "TensorFlow oneDNN" in report.splitlines()[3]  # the Machine line
 
+    # Both backends once more, their windows alternated in time: the ratio is the median of the rounds'.
+    side = results["side_by_side"]
+    assert side["status"] == "ok" and side["backends"] == list(BACKENDS)
+    assert [(r["batch_size"], r["mode"]) for r in side["rows"]] == [(128, "train"), (128, "infer")]
+    base, other = BACKENDS
+    for r in side["rows"]:
+        windows = r["window_images_per_second"]
+        assert len(windows[base]) == len(windows[other]) == results["windows"]
+        ratios = sorted(b / a for a, b in zip(windows[base], windows[other]))
+        assert r["ratio"] == pytest.approx(ratios[len(ratios) // 2])
+        assert (r["ratio_min"], r["ratio_max"]) == (pytest.approx(ratios[0]), pytest.approx(ratios[-1]))
+        assert all(r["images_per_second"][b] > 0 for b in BACKENDS)
+        assert f"| 128 | {r['mode']} | {r['images_per_second'][base]:,.0f} |" in report
+    assert "## The backends side by side" in report
+
 
 def test_bench_without_data_is_one_clean_error(tmp_path):
     out = tmp_path / "bench"
@@ -202,6 +217,26 @@ def test_data_parallel_worker_measures_two_replicas(mnist_dir):
     assert row["images_per_second"] > 0 and row["gflops"] > 0
     engine = {"jax": "DataParallel", "tensorflow": "MirroredStrategy"}[BACKEND]
     assert f"2 replicas ({engine})" in row["framework"]
+
+
+def test_serving_worker_failures_are_one_line_or_one_error(tmp_path, mnist_dir):
+    """A serving worker's bad input is the usual InputError; a crash mid-run is a WorkerFailed with its last line."""
+    from mnist_multibackend.bench.side_by_side import MODES
+    from mnist_multibackend.bench.workers import ServingWorker, WorkerFailed
+    from mnist_multibackend.errors import InputError
+
+    module = "mnist_multibackend.bench.side_by_side"
+    with pytest.raises(InputError, match="missing"):
+        ServingWorker(module, ["--backend", BACKEND, "--data", tmp_path / "missing"], label="test")
+    with ServingWorker(module, ["--backend", BACKEND, "--batch-sizes", "16", "--data", mnist_dir],
+                       label="test") as worker:
+        assert worker.ready["backend"] == BACKEND and worker.ready["images"] == 60000
+        for mode in MODES:
+            answer = worker.ask({"batch_size": 16, "mode": mode, "steps": 2})
+            assert answer["seconds"] > 0 and answer["cpu_seconds"] > 0
+        with pytest.raises(WorkerFailed) as failure:
+            worker.ask({"batch_size": 32, "mode": "train", "steps": 2})  # a batch size it was not started with
+    assert failure.value.reason == "KeyError: 32" and failure.value.exit_code == 1
 
 
 def test_scaling_efficiency_is_speedup_over_replicas():

@@ -2,8 +2,10 @@
 
 ``run_benchmarks(BenchConfig(...))`` is what ``mnist-mb bench`` calls. The
 workers (``python -m mnist_multibackend.bench.throughput``) run one after
-another, never side by side, so that they do not compete for the cores; the
-data path runs last, in this process, which never imports Keras. A worker that
+another, never at the same time, so that they do not compete for the cores.
+With two backends, ``side_by_side`` then compares them on the CPU with their
+windows alternated in time. The data path runs last, in this process, which
+never imports Keras. A worker that
 fails is an error row (see ``workers``).
 """
 
@@ -20,7 +22,7 @@ from mnist_multibackend import data
 from mnist_multibackend.errors import require_at_least
 from mnist_multibackend.runtime import BACKENDS, results_machine
 
-from . import datapath, last_run, report
+from . import datapath, last_run, report, side_by_side
 from .throughput import unavailable_row
 from .workers import run_worker
 
@@ -78,6 +80,13 @@ def run_benchmarks(config: BenchConfig) -> dict:
             workers += [throughput_worker(backend, device, settings, config.data, replicas=n)
                         for n in counts if n > 1]
 
+    side = None
+    if len(config.backends) == 2 and all(w["status"] == "ok" for w in workers
+                                         if w["device"] == "cpu" and w["replicas"] == 1):
+        _log("the backends side by side on the CPU: both workers alive, windows alternated")
+        side = side_by_side.measure(tuple(config.backends), tuple(settings["batch_sizes"]), settings["windows"],
+                                    settings["window_seconds"], config.data)
+
     _log("data path: IDX -> CSV and CSV loading")
     dataset = data.load_dataset(config.data, download=False)  # a worker has downloaded it if it had to
     data_path = datapath.measure(dataset, settings["datapath_images"], settings["datapath_repeats"])
@@ -104,6 +113,7 @@ def run_benchmarks(config: BenchConfig) -> dict:
         "window_seconds": settings["window_seconds"],
         "peaks": peaks,
         "rows": scaling_efficiency(against_device_peak([row for w in workers for row in w["rows"]], peaks)),
+        "side_by_side": side,
         "data_path": data_path,
     }
     report.write_all(results, Path(config.out))

@@ -8,6 +8,8 @@ from pathlib import Path
 from mnist_multibackend.atomic import atomic_path, write_text
 from mnist_multibackend.runtime import cpu_line
 
+from . import side_by_side
+
 TABLE_HEADER = ("| backend | device | replicas | impl | mode | batch | images/s | GFLOP/s | % of peak "
                 "| compile s | Keras ÷ raw | load 1 min |")
 
@@ -85,6 +87,8 @@ def markdown(results: dict) -> str:
                   f"{r['images_per_second']:,.0f} | {r['images_per_second'] / r['speedup']:,.0f} | "
                   f"{r['speedup']:.2f}x | {r['scaling_efficiency']:.2f} |" for r in scaled]
         parts += [""]
+    if results.get("side_by_side"):
+        parts += side_by_side.markdown(results["side_by_side"])
     parts += ["## Dense fp32 matmul peak (2048 x 2048)", "", "| backend | device | GFLOP/s (best window) | median |",
               "|---|---|---|---|"]
     parts += [f"| {p['backend']} | {p['device']} | {p['gflops']:.0f} | {p['median_gflops']:.0f} |"

@@ -112,14 +112,56 @@ def unavailable_row(**fields) -> dict:
     return {**empty, **fields}
 
 
+class KerasPaths:
+    """The project's own paths at one batch size, as ``mnist-mb train`` and ``predict`` run them: ``train(steps)``
+    and ``infer(steps)`` run that many batches and return wall seconds, having waited for the device."""
+
+    def __init__(self, runtime, x, y, batch_size: int):
+        from mnist_multibackend.model import build_model, compile_model
+        from mnist_multibackend.training import STEPS_PER_EXECUTION, speed_up
+
+        self.x, self.y, self.batch_size = x, y, batch_size
+        # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
+        # and the speed does not depend on the initial weights.
+        # As mnist-mb train runs it: the CPU forms, 32 batches per execution on TensorFlow, 1 on JAX.
+        model = build_model()
+        speed_up(model)
+        self.model = compile_model(model)
+        self.model.steps_per_execution = STEPS_PER_EXECUTION[runtime.backend]
+        self._forward = None
+
+    def train(self, steps: int) -> float:
+        from mnist_multibackend.callbacks import EpochTimer
+
+        # The epoch's steps only, without fit()'s set-up; EpochTimer waits for the device.
+        timer = EpochTimer()
+        n = steps * self.batch_size
+        self.model.fit(self.x[:n], self.y[:n], batch_size=self.batch_size, epochs=1, shuffle=False, verbose=0,
+                       callbacks=[timer])
+        return timer.seconds[0]
+
+    def forward_pass(self):
+        """Prediction as mnist-mb predict runs it: ``inference.ForwardPass`` around a model with Keras's own
+        computations (see jax_cpu), holding the trained model's weights as they are at the first call."""
+        if self._forward is None:
+            from mnist_multibackend.inference import ForwardPass
+            from mnist_multibackend.model import build_model
+
+            predictor = build_model()
+            predictor.set_weights(self.model.get_weights())
+            self._forward = ForwardPass(predictor, self.batch_size)
+        return self._forward
+
+    def infer(self, steps: int) -> float:
+        from .timing import timed
+
+        # Host float32 images in, host probabilities out, so it has waited for the device.
+        return timed(lambda: self.forward_pass().predict(self.x[:steps * self.batch_size]))
+
+
 def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     """Training, then inference, on a fresh model: Keras and the raw reference, their windows interleaved."""
     import keras
-
-    from mnist_multibackend.inference import ForwardPass
-    from mnist_multibackend.model import build_model, compile_model
-    from mnist_multibackend.callbacks import EpochTimer
-    from mnist_multibackend.training import STEPS_PER_EXECUTION, speed_up
 
     from .core import batches, spec_from_keras
     from .timing import measure, paired_ratio, timed
@@ -127,44 +169,24 @@ def measure_batch_size(args, runtime, x, y, batch_size: int) -> list[dict]:
     max_steps = len(x) // batch_size
     window = dict(batch_size=batch_size, max_steps=max_steps, window_seconds=args.window_seconds,
                   windows=args.windows)
-    # Not seeded: keras.utils.set_random_seed imports TensorFlow, which has no place in a JAX process,
-    # and the speed does not depend on the initial weights.
-    # As mnist-mb train runs it: the CPU forms, 32 batches per execution on TensorFlow, 1 on JAX.
-    model = build_model()
-    speed_up(model)
-    model = compile_model(model)
-    model.steps_per_execution = STEPS_PER_EXECUTION[runtime.backend]
+    paths = KerasPaths(runtime, x, y, batch_size)
+    model = paths.model
     jit_compile = bool(getattr(model, "jit_compile", False))
     device_batches = raw_reference(runtime.backend).to_device(batches(x, y, batch_size, max_steps))
 
-    def keras_train(steps: int) -> float:
-        # The epoch's steps only, without fit()'s set-up; EpochTimer waits for the device.
-        timer = EpochTimer()
-        model.fit(x[:steps * batch_size], y[:steps * batch_size], batch_size=batch_size, epochs=1,
-                  shuffle=False, verbose=0, callbacks=[timer])
-        return timer.seconds[0]
-
-    def keras_infer(steps: int) -> float:
-        # The project's inference path (predict.predict_digits's): host float32 images in, host probabilities
-        # out, so it has waited for the device.
-        return timed(lambda: forward.predict(x[:steps * batch_size]))
-
     trainer = raw_reference(runtime.backend)(spec_from_keras(model), jit_compile=jit_compile)
-    train = measure({"keras": keras_train, "raw": lambda steps: timed(lambda: trainer.train(device_batches[:steps]))},
+    train = measure({"keras": paths.train, "raw": lambda steps: timed(lambda: trainer.train(device_batches[:steps]))},
                     **window)
-    # Prediction as mnist-mb predict runs it: inference.ForwardPass around a model with Keras's own
-    # computations (see jax_cpu), holding the trained weights; and a fresh reference with them, so that
-    # both predict the same thing, compiled as the project's path is (TensorFlow: with XLA, see
-    # inference.tensorflow_xla), so that the ratio shows what the path costs beyond the computation.
-    predictor_model = build_model()
-    predictor_model.set_weights(model.get_weights())
-    forward = ForwardPass(predictor_model, batch_size)
+    # A fresh reference with the trained weights, so that both predict the same thing, compiled as the
+    # project's path is (TensorFlow: with XLA, see inference.tensorflow_xla), so that the ratio shows what
+    # the path costs beyond the computation.
+    forward = paths.forward_pass()
     predictor = raw_reference(runtime.backend)(spec_from_keras(model), jit_compile=forward.uses_xla)
     # Like for like: both sides start from host float32 batches and end with host probabilities (the
     # device-resident batches that training uses would spare the reference the copy to the device that
     # the project's path makes).
     host_batches = batches(x, y, batch_size, max_steps)
-    infer = measure({"keras": keras_infer, "raw": lambda steps: timed(lambda: predictor.predict(host_batches[:steps]))},
+    infer = measure({"keras": paths.infer, "raw": lambda steps: timed(lambda: predictor.predict(host_batches[:steps]))},
                     **window)
     # The reference must compute what the model computes: same weights in, same probabilities out.
     difference = float(np.max(np.abs(predictor.predict(host_batches[:1])[0] - forward.predict(x[:batch_size]))))

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -126,6 +127,101 @@ def run_worker(module: str, args, *, label: str, echo: bool = True) -> dict:
         sys.stderr.writelines(tail)
     print(f"{label}: the worker failed (exit status {worker.returncode}): {reason}", file=sys.stderr, flush=True)
     return error_row(reason, worker.returncode)
+
+
+class WorkerFailed(Exception):
+    """A serving worker ended or answered nonsense; ``reason`` is its error line or the last line of its stderr."""
+
+    def __init__(self, reason: str, exit_code: int | None):
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
+
+
+class ServingWorker:
+    """The parent's side of a worker that answers many questions: ``python -m module args --serve``, kept alive.
+
+    Where one answer per process is not enough (``side_by_side`` alternates short windows of two backends,
+    each compiled once in its own process), the worker prints one JSON line when it is ready, then reads
+    one JSON question per line on stdin and prints one JSON answer per line (``serve_json``). Its stderr
+    is relayed as ``run_worker`` relays it. Used as a context manager: leaving it closes the worker's
+    stdin, which ends it, and stops it if it does not end.
+    """
+
+    def __init__(self, module: str, args, *, label: str):
+        self.label = label
+        self._error_line, self._tail = None, collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._worker = subprocess.Popen([sys.executable, "-m", module, *map(str, args), "--serve"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, errors="replace", env=worker_env())
+        _running.add(self._worker)
+        self._relay = threading.Thread(target=self._relay_stderr, daemon=True)
+        self._relay.start()
+        self.ready = self._read()
+
+    def ask(self, question: dict) -> dict:
+        try:
+            self._worker.stdin.write(json.dumps(question) + "\n")
+            self._worker.stdin.flush()
+        except OSError:
+            pass  # it has ended: _read says why
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self._worker.stdin.close()
+            self._worker.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self._worker.kill()
+            self._worker.wait()
+        _running.discard(self._worker)
+        self._relay.join(timeout=2)
+        self._worker.stdout.close()
+        if not self._relay.is_alive():
+            self._worker.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _read(self) -> dict:
+        answer = _parse_answer([self._worker.stdout.readline()])
+        if answer is not None:
+            return answer
+        self.close()
+        if self._worker.returncode == EXIT_BAD_INPUT and self._error_line:
+            subject, _, problem = self._error_line.partition(": ")
+            raise InputError(subject, problem)
+        last = next((line.strip() for line in reversed(self._tail) if line.strip()), None)
+        reason = self._error_line or last or "no JSON answer on stdout"
+        print(f"{self.label}: the worker failed (exit status {self._worker.returncode}): {reason}",
+              file=sys.stderr, flush=True)
+        raise WorkerFailed(reason, self._worker.returncode)
+
+    def _relay_stderr(self) -> None:
+        for line in self._worker.stderr:
+            if line.startswith(ERROR_PREFIX):
+                self._error_line = line[len(ERROR_PREFIX):].strip()
+            elif not (native_logs.active() and native_logs.is_noise(line)):
+                self._tail.append(line)
+                sys.stderr.write(line)
+
+
+def serve_json(setup: Callable[[], dict], answer: Callable[[dict], dict]) -> int:
+    """The serving worker's side: ``setup()``'s result as the first JSON line, then ``answer(question)`` for
+    each JSON line read from stdin, until stdin ends; the exit status. Bad input is as for ``answer_json``."""
+    interrupts.install()
+    channel, sys.stdout = sys.stdout, sys.stderr  # library prints must not corrupt the answers
+    try:
+        ready = setup()
+    except InputError as err:
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(ready), file=channel, flush=True)
+    for line in sys.stdin:
+        print(json.dumps(answer(json.loads(line))), file=channel, flush=True)
+    return 0
 
 
 def error_row(reason: str, exit_code: int | None) -> dict:
