@@ -156,18 +156,19 @@ def conv_as_one_matmul(inputs, kernel):
     return outputs.reshape(-1, oh, ow, kernel.shape[-1])
 
 
-def conv_with_sliced_weight_gradient(inputs, kernel):
+def conv_with_sliced_weight_gradient(inputs, kernel, slice_size: int = WEIGHT_GRADIENT_SLICE):
     """Keras's VALID, stride-1 convolution of ``inputs`` (n, h, w, c) by ``kernel`` (kh, kw, c, f), whose
-    kernel gradient is the sum of XLA's over slices of ``WEIGHT_GRADIENT_SLICE`` images (module docstring).
+    kernel gradient is the sum of XLA's over slices of ``slice_size`` images (module docstring).
 
     Under a ``keras.distribution`` the batch is sharded across devices, and slices would cut across the
     shards: there the whole-batch gradient is kept.
     """
-    return _sliced_weight_gradient_conv()(keras.ops.convert_to_tensor(inputs), keras.ops.convert_to_tensor(kernel))
+    return _sliced_weight_gradient_conv(slice_size)(keras.ops.convert_to_tensor(inputs),
+                                                    keras.ops.convert_to_tensor(kernel))
 
 
 @functools.cache
-def _sliced_weight_gradient_conv():
+def _sliced_weight_gradient_conv(slice_size: int):
     import jax
 
     def conv(inputs, kernel):  # what keras.ops.conv computes for this layer, in jax.lax
@@ -179,7 +180,7 @@ def _sliced_weight_gradient_conv():
     def backward(residuals, grad):
         inputs, kernel = residuals
         _, input_vjp = jax.vjp(lambda x: conv(x, kernel), inputs)
-        size = WEIGHT_GRADIENT_SLICE if keras.distribution.distribution() is None else len(inputs)
+        size = slice_size if keras.distribution.distribution() is None else len(inputs)
         kernel_grad = None
         for start in range(0, len(inputs), size):
             _, kernel_vjp = jax.vjp(lambda k, x=inputs[start:start + size]: conv(x, k), kernel)
