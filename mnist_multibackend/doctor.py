@@ -196,6 +196,11 @@ def format_report(found: dict) -> str:
             row(label, "not measured" if best is None else
                 f"{best['backend']} on {best['device']}" + (f" x{replicas}" if replicas > 1 else "")
                 + f", batch {best['batch_size']}: {best['images_per_second']:,.0f} images/s", 2)
+        side = last.get("side_by_side")  # absent from summaries written before it existed
+        if side:
+            for mode, label in (("train", "training"), ("infer", "inference")):
+                ratios = ", ".join(f"{r['ratio']:.2f} at batch {r['batch_size']}" for r in side["ratios"][mode])
+                row("side by side", f"{side['other']} ÷ {side['base']}, {label}: {ratios}", 2)
     return "\n".join(lines)
 
 

@@ -59,8 +59,14 @@ def bench_results(host: dict, out) -> dict:
             row("jax", "raw", "infer", 9000.0),
             {"backend": "jax", "device": "gpu", "replicas": 1, "status": "error", "reason": "crashed",
              "impl": None, "mode": None, "images_per_second": None}]
+    windows = {"tensorflow": [600.0, 640.0, 620.0], "jax": [420.0, 480.0, 400.0]}
+    side = {"status": "ok", "backends": ["tensorflow", "jax"], "windows": 3, "window_seconds": 0.25, "rows": [
+        {"batch_size": 128, "mode": "train", "images_per_second": {"tensorflow": 620.0, "jax": 420.0},
+         "window_images_per_second": windows, "ratio": 0.7, "ratio_min": 0.645, "ratio_max": 0.75},
+        {"batch_size": 128, "mode": "infer", "images_per_second": {"tensorflow": 4100.0, "jax": 6214.0},
+         "window_images_per_second": windows, "ratio": 1.52, "ratio_min": 1.4, "ratio_max": 1.6}]}
     return {"finished_at": "2026-12-01T18:00:00+00:00", "command": f"mnist-mb bench --quick --out {out}",
-            "quick": True, "machine": host, "rows": rows}
+            "quick": True, "machine": host, "rows": rows, "side_by_side": side}
 
 
 def test_the_bench_summary_names_the_fastest_keras_row_per_mode_for_this_machine(tmp_path, monkeypatch):
@@ -79,6 +85,25 @@ def test_the_bench_summary_names_the_fastest_keras_row_per_mode_for_this_machine
     lines = _page().splitlines()
     assert "  training   tensorflow on cpu, batch 128: 627 images/s" in lines
     assert "  inference  jax on cpu, batch 128: 6,214 images/s" in lines
+    # The fairer comparison of the two, from windows alternated in time
+    assert found["side_by_side"]["ratios"]["train"] == [{"batch_size": 128, "ratio": 0.7, "ratio_min": 0.645,
+                                                         "ratio_max": 0.75}]
+    assert "  side by side jax ÷ tensorflow, training: 0.70 at batch 128" in lines
+    assert "  side by side jax ÷ tensorflow, inference: 1.52 at batch 128" in lines
+
+
+def test_a_bench_without_the_side_by_side_comparison_still_answers(tmp_path, monkeypatch):
+    """One backend measured, a side-by-side worker that failed, or a summary older than the comparison."""
+    monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path / "cache"))
+    host = {k: v for k, v in machine().items() if k != "load_average_1min"}
+    for side in (None, {"status": "error", "reason": "crashed", "backends": ["tensorflow", "jax"], "rows": []}):
+        last_run.record({**bench_results(host, tmp_path), "side_by_side": side}, tmp_path)
+        assert last_run.read(machine())["side_by_side"] is None
+        assert "side by side" not in _page() and "  training   tensorflow on cpu" in _page()
+    summary = json.loads(last_run.cache_path().read_text())
+    del summary["side_by_side"]
+    last_run.cache_path().write_text(json.dumps(summary))
+    assert last_run.read(machine())["status"] == "this machine" and "side by side" not in _page()
 
 
 def test_no_bench_yet_says_how_to_run_one(tmp_path, monkeypatch):
@@ -102,8 +127,11 @@ def test_a_bench_from_another_cpu_is_not_this_machines_answer(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("text", ["{\"schema\": 1, \"machine\": {", "[1, 2]", "\xff\xfe not text",
-                                  json.dumps({"schema": 1, "machine": {}, "fastest": {"train": {"backend": 7}}})],
-                         ids=["truncated", "a list", "binary", "damaged-entry"])
+                                  json.dumps({"schema": 1, "machine": {}, "fastest": {"train": {"backend": 7}}}),
+                                  json.dumps({"schema": 1, "machine": {}, "fastest": {}, "finished_at": "x",
+                                              "command": "x", "results": "x",
+                                              "side_by_side": {"base": "a", "other": "b", "ratios": {"train": [{}]}}})],
+                         ids=["truncated", "a list", "binary", "damaged-entry", "damaged-side-by-side"])
 def test_a_corrupt_summary_is_a_notice(tmp_path, monkeypatch, text):
     monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
     (tmp_path / "last-bench.json").write_bytes(text.encode("latin-1"))

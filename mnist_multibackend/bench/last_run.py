@@ -6,6 +6,9 @@ holds when the bench ran, on what CPU (its model and features, and TensorFlow's
 oneDNN state), where its results are, and per mode (training, inference) the
 fastest Keras row: backend, device, batch size and images/s. Only Keras rows
 count: the raw references are yardsticks, not something ``mnist-mb`` runs.
+With both backends measured, it also holds their ratio per mode and batch size
+from the windows alternated in time (``side_by_side``), the fairer comparison
+on a host whose speed moves.
 
 A home folder may be shared by machines with different CPUs, so the reader
 compares the recorded CPU with this one and does not offer another CPU's
@@ -50,7 +53,17 @@ def summarise(results: dict, out) -> dict:
             "quick": results["quick"], "results": str(Path(out).resolve()),
             "machine": {key: machine.get(key) for key in (
                 "cpu", "cpu_features", "cores", "system", "tensorflow_onednn", "TF_ENABLE_ONEDNN_OPTS")},
-            "fastest": fastest}
+            "fastest": fastest, "side_by_side": _side_by_side(results.get("side_by_side"))}
+
+
+def _side_by_side(side: dict | None) -> dict | None:
+    """The backends' ratios from their windows alternated in time (``side_by_side``), per mode and batch size."""
+    if not side or side.get("status") != "ok":
+        return None
+    base, other = side["backends"]
+    return {"base": base, "other": other, "ratios": {mode: [
+        {"batch_size": r["batch_size"], "ratio": r["ratio"], "ratio_min": r["ratio_min"], "ratio_max": r["ratio_max"]}
+        for r in side["rows"] if r["mode"] == mode] for mode in MODES}}
 
 
 def record(results: dict, out) -> Path | None:
@@ -113,4 +126,12 @@ def _problem(summary) -> str | None:
             return f"a damaged {mode} entry"
     if not all(isinstance(summary.get(key), str) for key in ("finished_at", "command", "results")):
         return "no date, command or results folder"
+    side = summary.get("side_by_side")
+    if side is not None and not (
+            isinstance(side, dict) and all(isinstance(side.get(key), str) for key in ("base", "other"))
+            and isinstance(side.get("ratios"), dict)
+            and all(isinstance(side["ratios"].get(mode), list) and all(
+                isinstance(r, dict) and isinstance(r.get("batch_size"), int)
+                and isinstance(r.get("ratio"), (int, float)) for r in side["ratios"][mode]) for mode in MODES)):
+        return "a damaged side-by-side entry"
     return None
