@@ -28,7 +28,7 @@ from . import allocator, xla_cpu_flags
 from .bench import last_run
 from .bench.workers import answer_json, run_worker
 from .errors import InputError
-from .runtime import BACKENDS, GPU_EXTRAS, ONEDNN_VARIABLE, cpu_flags, machine, onednn_state, start
+from .runtime import BACKENDS, GPU_EXTRAS, ONEDNN_ISA_VARIABLE, ONEDNN_VARIABLE, cpu_flags, machine, onednn_state, start
 
 SCHEMA = 1
 WORKER = "mnist_multibackend.doctor"
@@ -94,6 +94,7 @@ def _tensorflow_facts(user_onednn: str | None) -> dict:
     chosen = state[ONEDNN_VARIABLE]
     return {
         "onednn": {"enabled": state["tensorflow_onednn"], ONEDNN_VARIABLE: chosen,
+                   ONEDNN_ISA_VARIABLE: state[ONEDNN_ISA_VARIABLE],
                    # who chose: the user's environment, runtime.start, or nobody (TensorFlow's own default)
                    "set_by": "user" if user_onednn is not None else "mnist-mb" if chosen is not None else None},
         # 0: TensorFlow's default, one thread per usable core
@@ -228,10 +229,12 @@ def _xla_convolutions_text(decision: str) -> str:
 def _onednn_text(onednn: dict) -> str:
     state = {True: "on", False: "off", None: "unknown"}[onednn["enabled"]]
     value = onednn[ONEDNN_VARIABLE]
+    isa = onednn.get(ONEDNN_ISA_VARIABLE)  # oneDNN's kernels held below what the CPU has
+    held = f"; kernels held to {isa} by {ONEDNN_ISA_VARIABLE}" if isa and onednn["enabled"] else ""
     if onednn["set_by"] is None:
-        return f"{state} ({ONEDNN_VARIABLE} unset: TensorFlow's default for this CPU)"
+        return f"{state} ({ONEDNN_VARIABLE} unset: TensorFlow's default for this CPU){held}"
     who = "by you" if onednn["set_by"] == "user" else "by mnist-mb"
-    return f"{state} ({ONEDNN_VARIABLE}={value}, set {who})"
+    return f"{state} ({ONEDNN_VARIABLE}={value}, set {who}){held}"
 
 
 def _threads_text(facts: dict) -> str:

@@ -313,6 +313,9 @@ def cpu_features(cpuinfo: str | None = None) -> list[str]:
 
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# oneDNN's own limit on the instructions its kernels use (AVX2 kernels on an AVX-512 CPU): recorded when set,
+# since it changes every TensorFlow figure while the CPU's features stay the same.
+ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 
 
 def tensorflow_cpu_settings(features: list[str], environ) -> dict[str, str]:
@@ -345,7 +348,8 @@ def onednn_state() -> dict:
             enabled = tensorflow_onednn_enabled()
         except KerasPrivateError:  # a TensorFlow without the name: record "unknown" rather than lose a run's
             pass  # results; tests/test_keras_private.py fails on it
-    return {"tensorflow_onednn": enabled, ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE)}
+    return {"tensorflow_onednn": enabled, ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE),
+            ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE)}
 
 
 def onednn_phrase(host: dict) -> str | None:
@@ -353,9 +357,10 @@ def onednn_phrase(host: dict) -> str | None:
     enabled = host.get("tensorflow_onednn")
     if enabled is None:
         return None
-    setting = host.get(ONEDNN_VARIABLE)
+    setting, isa = host.get(ONEDNN_VARIABLE), host.get(ONEDNN_ISA_VARIABLE)
     return f"TensorFlow oneDNN {'on' if enabled else 'off'}" + \
-        (f" ({ONEDNN_VARIABLE}={setting})" if setting is not None else f" ({ONEDNN_VARIABLE} unset)")
+        (f" ({ONEDNN_VARIABLE}={setting}" if setting is not None else f" ({ONEDNN_VARIABLE} unset") + \
+        (f", {ONEDNN_ISA_VARIABLE}={isa})" if enabled and isa else ")")
 
 
 def cpu_line(host: dict) -> str:
@@ -395,5 +400,5 @@ def results_machine(hosts: list[dict]) -> dict:
     host = dict(hosts[0])
     tensorflow = next((h for h in hosts if h.get("tensorflow_onednn") is not None), None)
     if tensorflow is not None:
-        host.update({key: tensorflow.get(key) for key in ("tensorflow_onednn", ONEDNN_VARIABLE)})
+        host.update({key: tensorflow.get(key) for key in ("tensorflow_onednn", ONEDNN_VARIABLE, ONEDNN_ISA_VARIABLE)})
     return host

@@ -228,6 +228,10 @@ def test_doctor_reports_the_users_onednn_choice(doctor_json):
     state = "on" if wanted == "1" else "off"
     assert f"  oneDNN     {state} (TF_ENABLE_ONEDNN_OPTS={wanted}, set by you)" in result.stdout.splitlines()
     assert "jax" not in result.stdout.split("last bench")[0]  # only the backend asked for is probed
+    held = cli("doctor", "--backends", "tensorflow", "--json", env={"TF_ENABLE_ONEDNN_OPTS": "1",
+                                                                   "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert held.returncode == 0, held.stderr[-3000:]
+    assert json.loads(held.stdout)["backends"]["tensorflow"]["onednn"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
 def test_a_backend_that_cannot_import_is_a_line(tmp_path):

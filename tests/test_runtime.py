@@ -90,3 +90,7 @@ def test_results_files_name_tensorflows_onednn_state_from_a_tensorflow_worker():
         "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)"
     assert cpu_line({**jax_host, "tensorflow_onednn": False}) == \
         "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN off (TF_ENABLE_ONEDNN_OPTS unset)"
+    # oneDNN held to fewer instructions than the CPU has: every TensorFlow figure changes, so the line says so
+    held = {**tensorflow_host, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert cpu_line(results_machine([jax_host, held])) == "AMD EPYC (features: avx2, fma), 2 cores, " \
+        "TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2)"

@@ -52,7 +52,8 @@ def summarise(results: dict, out) -> dict:
     return {"schema": SCHEMA, "finished_at": results["finished_at"], "command": results["command"],
             "quick": results["quick"], "results": str(Path(out).resolve()),
             "machine": {key: machine.get(key) for key in (
-                "cpu", "cpu_features", "cores", "system", "tensorflow_onednn", "TF_ENABLE_ONEDNN_OPTS")},
+                "cpu", "cpu_features", "cores", "system", "tensorflow_onednn", "TF_ENABLE_ONEDNN_OPTS",
+                "ONEDNN_MAX_CPU_ISA")},
             "fastest": fastest, "side_by_side": _side_by_side(results.get("side_by_side"))}
 
 
