@@ -20,6 +20,10 @@ applies. All start from the same state (weights, optimizer, dropout seed).
   Then ``model.fit`` itself, plain against ``kept``, the same way
   (``mnist_multibackend.bench.timing.measure``).
 
+The ``ablation:`` variants are not remedies: some weight gradients are zeros
+on purpose, so that the step time they save tells what those passes cost
+inside the step, which XLA:CPU's profile cannot show.
+
 XLA flags are per process: compare them by running this in alternate processes
 with and without ``XLA_FLAGS``; the flags in use are printed and recorded.
 """
@@ -73,6 +77,14 @@ SLICE_SIZES = {"slices 8/16/whole": {"conv1": 8, "conv2": 16}, "slices 16/16/who
                "slices 8/8/8": {"conv1": 8, "conv2": 8, "conv3": 8}, "slices 8/32/32": {"conv1": 8, "conv2": 32, "conv3": 32}}
 VARIANTS.update({name: {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": ()}
                  for name in SLICE_SIZES})
+# Ablations, not remedies: kept with some convolutions' weight gradients replaced by zeros (wrong gradients
+# on purpose). The step time they save is what those passes cost inside the step, which the profiler cannot
+# show on XLA:CPU (its convolutions finish after their events end). Weight gradients only: a zero input
+# gradient would let XLA fold away everything upstream of it too (the earlier layers' backward passes).
+ABLATIONS = {"ablation: conv1 without weight gradient": ("conv1",),
+             "ablation: conv2-3 without weight gradients": ("conv2", "conv3"),
+             "ablation: conv1-3 without weight gradients": ("conv1", "conv2", "conv3")}
+VARIANTS.update({name: {} for name in ABLATIONS})  # kept's forms, then the ablation over them
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 
@@ -103,6 +115,27 @@ def xla_input_gradient():
 
     conv.defvjp(forward, backward)
     return lambda inputs, kernel: conv(jnp.asarray(inputs), jnp.asarray(kernel))
+
+
+def without_weight_gradient():
+    """XLA's VALID convolution (as ``keras.ops.conv``) whose kernel gradient is zeros; its input gradient is
+    XLA's, as kept's."""
+    import jax
+    import jax.numpy as jnp
+
+    def conv(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    @jax.custom_vjp
+    def ablated(x, kernel):
+        return conv(x, kernel)
+
+    def backward(residuals, grad):
+        x, kernel = residuals
+        return jax.vjp(lambda v: conv(v, kernel), x)[1](grad)[0], jnp.zeros_like(kernel)
+
+    ablated.defvjp(lambda x, kernel: (conv(x, kernel), (x, kernel)), backward)
+    return lambda inputs, kernel: ablated(jnp.asarray(inputs), jnp.asarray(kernel))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,6 +181,8 @@ def main(argv=None) -> int:
             speed_up(model, **VARIANTS[variant])
         for name in XLA_INPUT_GRADIENT.get(variant, ()):
             model.get_layer(name).convolution_op = xla_input_gradient()
+        for name in ABLATIONS.get(variant, ()):
+            model.get_layer(name).convolution_op = without_weight_gradient()
         for name, size in SLICE_SIZES.get(variant, {}).items():
             model.get_layer(name).convolution_op = functools.partial(conv_with_sliced_weight_gradient, slice_size=size)
         model.train_on_batch(x, y)  # builds the optimizer and metric variables of the step's state
