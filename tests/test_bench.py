@@ -233,7 +233,7 @@ def test_serving_worker_failures_are_one_line_or_one_error(tmp_path, mnist_dir):
         assert worker.ready["backend"] == BACKEND and worker.ready["images"] == 60000
         for mode in MODES:
             answer = worker.ask({"batch_size": 16, "mode": mode, "steps": 2})
-            assert answer["seconds"] > 0 and answer["cpu_seconds"] > 0
+            assert answer["seconds"] > 0
         with pytest.raises(WorkerFailed) as failure:
             worker.ask({"batch_size": 32, "mode": "train", "steps": 2})  # a batch size it was not started with
     assert failure.value.reason == "KeyError: 32" and failure.value.exit_code == 1

@@ -5,8 +5,7 @@ workers (``python -m mnist_multibackend.bench.throughput``) run one after
 another, never at the same time, so that they do not compete for the cores.
 With two backends, ``side_by_side`` then compares them on the CPU with their
 windows alternated in time. The data path runs last, in this process, which
-never imports Keras. A worker that
-fails is an error row (see ``workers``).
+never imports Keras. A worker that fails is an error row (see ``workers``).
 """
 
 from __future__ import annotations
