@@ -32,6 +32,15 @@ def test_the_summary_takes_medians_over_runs_and_counts_runs_that_missed():
     assert "| jax | fast | 4 | 1 | 0 of 1 | not reached |" in text
 
 
+def test_time_to_accuracy_runs_in_rounds_of_every_backend_and_recipe():
+    from mnist_multibackend.bench.time_to_accuracy import TimeToAccuracyConfig, schedule
+
+    config = TimeToAccuracyConfig(backends=("tensorflow", "jax"), recipes=("fast", "original"), runs=2)
+    assert schedule(config) == [(0, "tensorflow", "fast"), (0, "tensorflow", "original"), (0, "jax", "fast"),
+                                (0, "jax", "original"), (1, "tensorflow", "fast"), (1, "tensorflow", "original"),
+                                (1, "jax", "fast"), (1, "jax", "original")]
+
+
 def test_time_to_accuracy_command_writes_its_results(tmp_path, mnist_dir):
     result = cli("time-to-accuracy", "--backends", BACKEND, "--recipes", "fast", "--runs", 1, "--epochs", 1,
                  "--limit", 256, "--data", mnist_dir, "--out", tmp_path)

@@ -6,7 +6,8 @@ that trains one recipe on one backend exactly as ``mnist-mb train --recipe R``
 does, scoring the test set after every epoch. The clock starts when the worker's
 Python starts, before Keras is imported, so start-up, data loading and
 compilation count, as they do for someone who types the command. Runs go one
-after another, never side by side.
+after another, never side by side, in rounds: each round runs every backend
+and recipe once.
 
 Writes ``results.json`` and ``results.md`` (one row per backend and recipe:
 runs, median/min/max seconds to the target, final test accuracy). A run whose
@@ -66,11 +67,9 @@ def run(config: TimeToAccuracyConfig) -> dict:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     runs = []
-    for backend in config.backends:
-        for recipe in config.recipes:
-            for index in range(config.runs):
-                _log(f"{backend}, recipe {recipe}: run {index + 1} of {config.runs}")
-                runs.append(time_worker(backend, recipe, config))
+    for index, backend, recipe in schedule(config):
+        _log(f"{backend}, recipe {recipe}: run {index + 1} of {config.runs}")
+        runs.append(time_worker(backend, recipe, config))
     hosts = [r["machine"] for r in runs if r["status"] == "ok"]
     results = {
         "schema": 1,
@@ -86,6 +85,13 @@ def run(config: TimeToAccuracyConfig) -> dict:
     }
     write_results(config.out, results, markdown(results))
     return results
+
+
+def schedule(config: TimeToAccuracyConfig) -> list[tuple[int, str, str]]:
+    """The runs in order, ``(index, backend, recipe)``: round by round, every backend and recipe in each, so
+    that a slow spell of the host touches them alike (all of one backend's runs first would hand it to one)."""
+    return [(index, backend, recipe) for index in range(config.runs) for backend in config.backends
+            for recipe in config.recipes]
 
 
 def time_worker(backend: str, recipe: str, config: TimeToAccuracyConfig) -> dict:
