@@ -95,9 +95,7 @@ def xla_input_gradient():
     import jax
     import jax.numpy as jnp
 
-    from mnist_multibackend.jax_cpu import conv_as_one_matmul
-
-    layout = ("NHWC", "HWIO", "NHWC")
+    from mnist_multibackend.jax_cpu import conv_as_one_matmul, valid_conv
 
     @jax.custom_vjp
     def conv(x, kernel):
@@ -109,8 +107,7 @@ def xla_input_gradient():
     def backward(residuals, grad):
         x, kernel = residuals
         _, kernel_vjp = jax.vjp(lambda k: conv_as_one_matmul(x, k), kernel)
-        _, input_vjp = jax.vjp(lambda v: jax.lax.conv_general_dilated(v, kernel, (1, 1), "VALID",
-                                                                      dimension_numbers=layout), x)
+        _, input_vjp = jax.vjp(lambda v: valid_conv(v, kernel), x)
         return input_vjp(grad)[0], kernel_vjp(grad)[0]
 
     conv.defvjp(forward, backward)
@@ -123,18 +120,17 @@ def without_weight_gradient():
     import jax
     import jax.numpy as jnp
 
-    def conv(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    from mnist_multibackend.jax_cpu import valid_conv
 
     @jax.custom_vjp
     def ablated(x, kernel):
-        return conv(x, kernel)
+        return valid_conv(x, kernel)
 
     def backward(residuals, grad):
         x, kernel = residuals
-        return jax.vjp(lambda v: conv(v, kernel), x)[1](grad)[0], jnp.zeros_like(kernel)
+        return jax.vjp(lambda v: valid_conv(v, kernel), x)[1](grad)[0], jnp.zeros_like(kernel)
 
-    ablated.defvjp(lambda x, kernel: (conv(x, kernel), (x, kernel)), backward)
+    ablated.defvjp(lambda x, kernel: (valid_conv(x, kernel), (x, kernel)), backward)
     return lambda inputs, kernel: ablated(jnp.asarray(inputs), jnp.asarray(kernel))
 
 

@@ -167,28 +167,33 @@ def conv_with_sliced_weight_gradient(inputs, kernel, slice_size: int = WEIGHT_GR
                                                     keras.ops.convert_to_tensor(kernel))
 
 
+def valid_conv(inputs, kernel):
+    """What ``keras.ops.conv`` computes for a VALID, stride-1, channels-last layer, in ``jax.lax``: the
+    convolution that this module's custom gradients (and the studies in ``benchmarks``) differentiate."""
+    import jax
+
+    return jax.lax.conv_general_dilated(inputs, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 @functools.cache
 def _sliced_weight_gradient_conv(slice_size: int):
     import jax
 
-    def conv(inputs, kernel):  # what keras.ops.conv computes for this layer, in jax.lax
-        return jax.lax.conv_general_dilated(inputs, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
     def forward(inputs, kernel):
-        return conv(inputs, kernel), (inputs, kernel)
+        return valid_conv(inputs, kernel), (inputs, kernel)
 
     def backward(residuals, grad):
         inputs, kernel = residuals
-        _, input_vjp = jax.vjp(lambda x: conv(x, kernel), inputs)
+        _, input_vjp = jax.vjp(lambda x: valid_conv(x, kernel), inputs)
         size = slice_size if keras.distribution.distribution() is None else len(inputs)
         kernel_grad = None
         for start in range(0, len(inputs), size):
-            _, kernel_vjp = jax.vjp(lambda k, x=inputs[start:start + size]: conv(x, k), kernel)
+            _, kernel_vjp = jax.vjp(lambda k, x=inputs[start:start + size]: valid_conv(x, k), kernel)
             part = kernel_vjp(grad[start:start + size])[0]
             kernel_grad = part if kernel_grad is None else kernel_grad + part
         return input_vjp(grad)[0], kernel_grad
 
-    sliced = jax.custom_vjp(conv)
+    sliced = jax.custom_vjp(valid_conv)
     sliced.defvjp(forward, backward)
     return sliced
 
