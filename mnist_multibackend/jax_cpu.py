@@ -27,6 +27,11 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   into conv1's layout: 32 ms whole, 20 ms in slices, at batch 512), the
   convolutions themselves for the rest. The forward pass and the input gradient
   stay Keras's.
+- better still, a convolution's weight gradient computed by oneDNN, the library
+  behind TensorFlow's CPU kernels, as an XLA custom call (``jax_onednn``): conv1's
+  took 8.9 ms against 18.5 ms sliced, and the step at batch 128 ran 1.11x
+  faster than with the slices (512: 1.16x). Where oneDNN is not installed or
+  cannot compute a shape, the slices stay.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -52,11 +57,13 @@ import keras
 
 CONVS = ("conv0", "conv1", "conv2", "conv3")
 SLICED_CONVS = ("conv1", "conv2", "conv3")  # conv0 (one input channel) measured no faster sliced
+ONEDNN_CONVS = ("conv0", "conv1", "conv2", "conv3")
 # Images per slice of a sliced weight gradient: 16 and 32 measured alike at batch 128; 64 and 128 gained less.
 WEIGHT_GRADIENT_SLICE = 32
 
 
-def conv_forms(features: list[str], xla_convolutions_fast: bool = False) -> dict[str, tuple[str, ...]]:
+def conv_forms(features: list[str], xla_convolutions_fast: bool = False,
+               onednn: bool = False) -> dict[str, tuple[str, ...]]:
     """Which convolutions run in which form on a CPU with ``features`` (``runtime.cpu_features``):
     each CPU kind gets what was measured fastest on it (docs/performance.md, "Choices per CPU").
 
@@ -71,24 +78,35 @@ def conv_forms(features: list[str], xla_convolutions_fast: bool = False) -> dict
     With XLA's own convolutions, conv1-conv3 also get their weight gradients summed over slices of
     ``WEIGHT_GRADIENT_SLICE`` images: 1.06-1.10x the step at batch 128 and 1.26x at 512 (AVX-512, one
     process, alternating windows). The matmul forms' weight gradients are matmuls already.
+
+    ``onednn``: oneDNN loads here (``jax_onednn.available()``). On a CPU with AVX-512, all four
+    convolutions then get oneDNN's weight gradient (``jax_onednn``), over XLA's own convolutions whichever
+    XLA setting is in force: 1.11x the sliced step at batch 128 and 1.16x at 512. On AVX2 it was not
+    measured (oneDNN has AVX2 kernels, but its conv1 weight gradient there was TensorFlow's slowest pass), so
+    AVX2 keeps the measured choice above until ``benchmarks.jax_cpu_remedies`` measures it there.
     """
-    del features  # one answer for every kind measured so far; the argument keeps the per-CPU seam
+    fields = {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),
+              "onednn_weight_gradient_convs": ()}
+    if onednn and "avx512f" in features:
+        return {**fields, "onednn_weight_gradient_convs": ONEDNN_CONVS}
     if xla_convolutions_fast:
-        return {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": SLICED_CONVS}
-    return {"same_padded_convs": (), "matmul_convs": CONVS, "sliced_weight_gradient_convs": ()}
+        return {**fields, "sliced_weight_gradient_convs": SLICED_CONVS}
+    return {**fields, "matmul_convs": CONVS}
 
 
 def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
     """``conv_forms`` for this process: this CPU's features, and whether ``xla_cpu_flags`` is in force."""
+    from .jax_onednn import available
     from .runtime import cpu_features
     from .xla_cpu_flags import in_force
 
-    return conv_forms(cpu_features(), in_force())
+    return conv_forms(cpu_features(), in_force(), available())
 
 
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None,
-             sliced_weight_gradient_convs: tuple[str, ...] | None = None) -> list[str]:
+             sliced_weight_gradient_convs: tuple[str, ...] | None = None,
+             onednn_weight_gradient_convs: tuple[str, ...] | None = None) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     By default the convolutions' forms are this process's (``chosen_conv_forms``);
@@ -107,9 +125,14 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
     matmul_convs = chosen["matmul_convs"] if matmul_convs is None else matmul_convs
     if sliced_weight_gradient_convs is None:
         sliced_weight_gradient_convs = chosen["sliced_weight_gradient_convs"]
+    if onednn_weight_gradient_convs is None:
+        onednn_weight_gradient_convs = chosen["onednn_weight_gradient_convs"]
     changed = []
     for layer in model.layers:
-        if layer.name in matmul_convs and _plain_odd_conv(layer):
+        if layer.name in onednn_weight_gradient_convs and _plain_odd_conv(layer):
+            layer.convolution_op = conv_with_onednn_weight_gradient
+            changed.append(layer.name)
+        elif layer.name in matmul_convs and _plain_odd_conv(layer):
             layer.convolution_op = conv_as_one_matmul
             changed.append(layer.name)
         elif layer.name in same_padded_convs and _plain_odd_conv(layer):
@@ -165,6 +188,13 @@ def conv_with_sliced_weight_gradient(inputs, kernel, slice_size: int = WEIGHT_GR
     """
     return _sliced_weight_gradient_conv(slice_size)(keras.ops.convert_to_tensor(inputs),
                                                     keras.ops.convert_to_tensor(kernel))
+
+
+def conv_with_onednn_weight_gradient(inputs, kernel):
+    """Keras's VALID, stride-1 convolution of ``inputs`` (n, h, w, c) by ``kernel`` (kh, kw, c, f), whose
+    kernel gradient is oneDNN's (``jax_onednn``); XLA's sliced one where oneDNN cannot compute it, and
+    XLA's whole-batch one under a ``keras.distribution`` (the custom call does not know the shards)."""
+    return _onednn_weight_gradient_conv()(keras.ops.convert_to_tensor(inputs), keras.ops.convert_to_tensor(kernel))
 
 
 def valid_conv(inputs, kernel):
@@ -245,3 +275,26 @@ def max_pool_with_mask_gradient(pool_size: tuple[int, int]):
         return max_pool(inputs)
 
     return call
+
+
+@functools.cache
+def _onednn_weight_gradient_conv():
+    import jax
+
+    from .jax_onednn import conv_weight_gradient
+
+    def forward(inputs, kernel):
+        return valid_conv(inputs, kernel), (inputs, kernel)
+
+    def backward(residuals, grad):
+        inputs, kernel = residuals
+        if keras.distribution.distribution() is not None:
+            return jax.vjp(valid_conv, inputs, kernel)[1](grad)
+        kernel_grad = conv_weight_gradient(inputs, grad, kernel.shape)
+        if kernel_grad is None:
+            return jax.vjp(_sliced_weight_gradient_conv(WEIGHT_GRADIENT_SLICE), inputs, kernel)[1](grad)
+        return jax.vjp(lambda x: valid_conv(x, kernel), inputs)[1](grad)[0], kernel_grad.astype(kernel.dtype)
+
+    conv = jax.custom_vjp(valid_conv)
+    conv.defvjp(forward, backward)
+    return conv

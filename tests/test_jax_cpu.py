@@ -13,8 +13,9 @@ import pytest
 from conftest import BACKEND
 from mnist_multibackend import data
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512
-from mnist_multibackend.jax_cpu import (CONVS, WEIGHT_GRADIENT_SLICE, conv_forms,
+from mnist_multibackend.jax_cpu import (CONVS, ONEDNN_CONVS, WEIGHT_GRADIENT_SLICE, conv_forms,
                                         conv_with_sliced_weight_gradient, speed_up)
+from mnist_multibackend.jax_onednn import available as onednn_available
 from mnist_multibackend.model import build_model, compile_model
 from mnist_multibackend.runtime import cpu_features
 from mnist_multibackend.xla_cpu_flags import in_force
@@ -24,6 +25,11 @@ from mnist_multibackend.xla_cpu_flags import in_force
 FORMS = {"avx512": conv_forms(cpu_features(EPYC_AVX512)), "avx2": conv_forms(cpu_features(EPYC_AVX2))}
 FORMS_XLA_CONVOLUTIONS_FAST = {kind: conv_forms(cpu_features(sample), xla_convolutions_fast=True)
                                for kind, sample in (("avx512", EPYC_AVX512), ("avx2", EPYC_AVX2))}
+# ... and where oneDNN loads (jax_onednn), whichever XLA setting is in force.
+FORMS_ONEDNN = {(kind, fast): conv_forms(cpu_features(sample), xla_convolutions_fast=fast, onednn=True)
+                for kind, sample in (("avx512", EPYC_AVX512), ("avx2", EPYC_AVX2)) for fast in (False, True)}
+NONE = {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),
+        "onednn_weight_gradient_convs": ()}
 
 
 def _rebound(model) -> list[str]:
@@ -51,23 +57,32 @@ def _sped_up(**forms) -> keras.Model:
 
 def test_each_cpu_kind_gets_the_forms_measured_on_it():
     # Measured on both: the im2col matmul form beat conv1's SAME form on AVX2 and on AVX-512.
-    assert FORMS["avx512"] == FORMS["avx2"] == {"same_padded_convs": (), "matmul_convs": CONVS,
-                                                "sliced_weight_gradient_convs": ()}
+    assert FORMS["avx512"] == FORMS["avx2"] == {**NONE, "matmul_convs": CONVS}
     # With XLA's convolutions off YNNPACK's single-convolution path, XLA's own beat the matmul forms, and
     # their weight gradients summed over slices of the batch beat XLA's whole-batch ones.
-    assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == {"same_padded_convs": (), "matmul_convs": (),
-                                                     "sliced_weight_gradient_convs": ("conv1", "conv2", "conv3")}
+    assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == FORMS_XLA_CONVOLUTIONS_FAST["avx2"] == {
+        **NONE, "sliced_weight_gradient_convs": ("conv1", "conv2", "conv3")}
+    # oneDNN's weight gradients beat the slices on AVX-512; on AVX2 they were not measured, and it keeps its own.
+    assert FORMS_ONEDNN["avx512", False] == FORMS_ONEDNN["avx512", True] == {
+        **NONE, "onednn_weight_gradient_convs": ONEDNN_CONVS}
+    assert FORMS_ONEDNN["avx2", False] == FORMS["avx2"]
+    assert FORMS_ONEDNN["avx2", True] == FORMS_XLA_CONVOLUTIONS_FAST["avx2"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the onednn-cpu-gomp wheel is a Linux x86-64 dependency only")
+def test_onednn_loads_where_the_project_installs_it():
+    assert onednn_available()
 
 
 @pytest.mark.jax
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
-    chosen = conv_forms(cpu_features(), in_force())
-    rebound = chosen["same_padded_convs"] + chosen["matmul_convs"] + chosen["sliced_weight_gradient_convs"]
+    chosen = conv_forms(cpu_features(), in_force(), onednn_available())
+    rebound = sum(chosen.values(), ())
     expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
                 if name.startswith("MP") or name in rebound]
     assert speed_up(build_model()) == expected
-    assert speed_up(build_model(), same_padded_convs=("conv1",), matmul_convs=(),
-                    sliced_weight_gradient_convs=()) == ["conv1", "MP1", "MP2"]
+    assert speed_up(build_model(), **{**NONE, "same_padded_convs": ("conv1",)}) == ["conv1", "MP1", "MP2"]
 
 
 def test_models_for_inference_keep_kerass_own_computations():
@@ -99,12 +114,13 @@ def test_config_and_saved_file_are_the_original(tmp_path):
     assert result.stdout.split() == ["Conv2D", "valid", "MaxPooling2D"]
 
 
-# Every form speed_up offers: the ones chosen on the CPUs measured (XLA's convolutions with the pools' mask
-# gradient, where XLA:CPU's setting is in force; the matmul forms elsewhere), and conv1's SAME form (studied,
+# Every form speed_up offers: the ones chosen on the CPUs measured (oneDNN's weight gradients on AVX-512;
+# XLA's convolutions with the pools' mask gradient, where XLA:CPU's setting is in force; the matmul forms
+# elsewhere), and conv1's SAME form (studied,
 # and what AVX-512 hosts ran until the matmul form was measured there).
 OFFERED_FORMS = {"chosen": FORMS["avx2"], "chosen, XLA convolutions fast": FORMS_XLA_CONVOLUTIONS_FAST["avx2"],
-                 "conv1 SAME + crop": {"same_padded_convs": ("conv1",), "matmul_convs": (),
-                                       "sliced_weight_gradient_convs": ()}}
+                 "chosen, oneDNN": FORMS_ONEDNN["avx512", True],
+                 "conv1 SAME + crop": {**NONE, "same_padded_convs": ("conv1",)}}
 
 
 @pytest.mark.jax
