@@ -14,7 +14,8 @@ form, the forms tried against it:
 - both: the input gradient as a forward convolution of the upstream gradient
   padded by 2, with the kernel flipped and its channels swapped;
 - JAX: the weight gradient summed over slices of ``--slices`` images
-  (``jax_cpu.conv_with_sliced_weight_gradient``);
+  (``jax_cpu.conv_with_sliced_weight_gradient``), and each pass by oneDNN as an
+  XLA custom call (``jax_onednn``, where oneDNN is installed);
 - TensorFlow: the weight gradient as nine
   per-tap matrix products, and as one product of ``extract_patches``' patches.
 
@@ -79,6 +80,7 @@ def jax_passes(args) -> list[dict]:
 
     import jax
 
+    from mnist_multibackend import jax_onednn
     from mnist_multibackend.jax_cpu import conv_with_sliced_weight_gradient
     from mnist_multibackend.jax_cpu import valid_conv as conv
 
@@ -94,6 +96,13 @@ def jax_passes(args) -> list[dict]:
             sliced = functools.partial(conv_with_sliced_weight_gradient, slice_size=size)
             forms[f"weight gradient, slices of {size}"] = (
                 jax.jit(lambda x, dy, f=sliced: jax.vjp(lambda w: f(x, w), k)[1](dy)[0]), (x, dy))
+        if jax_onednn.available():  # oneDNN's pass as XLA's custom call (jax_onednn), where it is installed
+            forms.update({
+                "forward, oneDNN": (jax.jit(jax_onednn.conv), (x, k)),
+                "input gradient, oneDNN": (jax.jit(lambda dy, k: jax_onednn.conv_input_gradient(dy, k, x.shape)),
+                                           (dy, k)),
+                "weight gradient, oneDNN": (jax.jit(lambda x, dy: jax_onednn.conv_weight_gradient(x, dy, k.shape)),
+                                            (x, dy))})
         rows += _time_forms(name, forms, lambda f, a: jax.block_until_ready(f(*a)), args.calls)
     return rows
 

@@ -62,9 +62,9 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
     "conv1 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1",)},
     "conv1-2 matmul + pool mask": {"same_padded_convs": (), "matmul_convs": ("conv1", "conv2")},
     "kept": {},
-    # The slices' forms with oneDNN's weight gradients instead (jax_onednn): kept on AVX-512, to measure on AVX2.
-    "pool mask + oneDNN weight gradients": {"same_padded_convs": (), "matmul_convs": (),
-                                            "onednn_weight_gradient_convs": ("conv0", "conv1", "conv2", "conv3")},
+    # XLA's forms with oneDNN's convolutions instead, all three passes (jax_onednn): kept where the CPU has AVX2.
+    "pool mask + oneDNN convolutions": {"same_padded_convs": (), "matmul_convs": (),
+                                            "onednn_convs": ("conv0", "conv1", "conv2", "conv3")},
     # The matmul forms with each input gradient computed by XLA's own transposed convolution instead of the
     # matmul's (conv1's is a f32[73728, 288] product, then a col2im sum): xla_input_gradient() below.
     "all matmul + XLA input gradients": {"same_padded_convs": (), "matmul_convs": ("conv0", "conv1", "conv2", "conv3")},
@@ -74,13 +74,13 @@ VARIANTS = {  # name -> keyword arguments of jax_cpu.speed_up; None: the plain m
 for _variant, _forms in VARIANTS.items():
     if _forms and _variant != "kept":
         _forms.setdefault("sliced_weight_gradient_convs", ())
-        _forms.setdefault("onednn_weight_gradient_convs", ())
+        _forms.setdefault("onednn_convs", ())
 # Other slice sizes for the weight gradients (conv -> images per slice; a conv not named keeps XLA's
 # whole-batch gradient), over the pools' mask gradient: measured in the step no faster than kept's 32.
 SLICE_SIZES = {"slices 8/16/whole": {"conv1": 8, "conv2": 16}, "slices 16/16/whole": {"conv1": 16, "conv2": 16},
                "slices 8/8/8": {"conv1": 8, "conv2": 8, "conv3": 8}, "slices 8/32/32": {"conv1": 8, "conv2": 32, "conv3": 32}}
 VARIANTS.update({name: {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),
-                        "onednn_weight_gradient_convs": ()} for name in SLICE_SIZES})
+                        "onednn_convs": ()} for name in SLICE_SIZES})
 # Ablations, not remedies: kept with some convolutions' weight gradients replaced by zeros (wrong gradients
 # on purpose). The step time they save is what those passes cost inside the step, which the profiler cannot
 # show on XLA:CPU (its convolutions finish after their events end). Weight gradients only: a zero input

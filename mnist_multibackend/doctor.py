@@ -111,6 +111,9 @@ def _jax_facts() -> dict:
     import jax
     import jaxlib
 
+    from . import jax_onednn
+    from .jax_cpu import chosen_conv_forms
+
     devices = jax.devices()
     return {
         "jaxlib_version": jaxlib.__version__,
@@ -119,6 +122,8 @@ def _jax_facts() -> dict:
         "pjrt_plugins": sorted(entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")),
         "jax_platforms": os.environ.get("JAX_PLATFORMS"),
         "gpus": [str(d) for d in devices if d.platform == "gpu"],
+        "onednn": {"version": jax_onednn.version(), "library": str(jax_onednn.library_path() or "") or None,
+                   "training_convolutions": list(chosen_conv_forms()["onednn_convs"])},
     }
 
 
@@ -182,6 +187,7 @@ def format_report(found: dict) -> str:
             row("threads", _threads_text(facts), 2)
         else:
             row("devices", ", ".join(facts["devices"]), 2)
+            row("oneDNN", _jax_onednn_text(facts["onednn"]), 2)
         flags = facts["xla_flags"] + facts.get("tf_xla_flags", [])
         row("XLA flags", " ".join(flags) if flags else "none (XLA_FLAGS unset)", 2)
         if facts.get("xla_cpu_convolutions"):
@@ -222,8 +228,17 @@ def _malloc_text(policy: str) -> str:
 
 def _xla_convolutions_text(decision: str) -> str:
     if decision == "set":
-        return "off YNNPACK's single-convolution path, XLA's own forms in training (set by mnist-mb; XLA_FLAGS overrides)"
+        return "off YNNPACK's single-convolution path (set by mnist-mb; XLA_FLAGS overrides)"
     return f"XLA_FLAGS left as it is: {decision}"
+
+
+def _jax_onednn_text(onednn: dict) -> str:
+    if onednn["version"] is None:
+        return "not installed: XLA computes the convolutions (pip install onednn-cpu-gomp)"
+    convs = onednn["training_convolutions"]
+    if not convs:
+        return f"{onednn['version']}, not used on this CPU: XLA computes the convolutions"
+    return f"{onednn['version']}: {', '.join(convs)} in training, all three passes (jax_onednn)"
 
 
 def _onednn_text(onednn: dict) -> str:

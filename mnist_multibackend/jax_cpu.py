@@ -27,11 +27,12 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   into conv1's layout: 32 ms whole, 20 ms in slices, at batch 512), the
   convolutions themselves for the rest. The forward pass and the input gradient
   stay Keras's.
-- better still, a convolution's weight gradient computed by oneDNN, the library
-  behind TensorFlow's CPU kernels, as an XLA custom call (``jax_onednn``): conv1's
-  took 8.9 ms against 18.5 ms sliced, and the step at batch 128 ran 1.11x
-  faster than with the slices (512: 1.16x). Where oneDNN is not installed or
-  cannot compute a shape, the slices stay.
+- better still, the convolutions computed by oneDNN, the library behind
+  TensorFlow's CPU kernels, as XLA custom calls (``jax_onednn``), all three
+  passes: conv1's weight gradient took 8.9 ms against 18.5 ms sliced, and the
+  training step at batch 128 ran 1.17x faster with oneDNN's weight gradients
+  and 1.37x with all three passes than with the slices. Where oneDNN is not
+  installed or cannot compute a shape, XLA's pass (and the slices) stay.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -57,7 +58,7 @@ import keras
 
 CONVS = ("conv0", "conv1", "conv2", "conv3")
 SLICED_CONVS = ("conv1", "conv2", "conv3")  # conv0 (one input channel) measured no faster sliced
-ONEDNN_CONVS = ("conv0", "conv1", "conv2", "conv3")
+ONEDNN_CONVS = ("conv0", "conv1", "conv2", "conv3")  # all four, all three passes
 # Images per slice of a sliced weight gradient: 16 and 32 measured alike at batch 128; 64 and 128 gained less.
 WEIGHT_GRADIENT_SLICE = 32
 
@@ -79,16 +80,19 @@ def conv_forms(features: list[str], xla_convolutions_fast: bool = False,
     ``WEIGHT_GRADIENT_SLICE`` images: 1.06-1.10x the step at batch 128 and 1.26x at 512 (AVX-512, one
     process, alternating windows). The matmul forms' weight gradients are matmuls already.
 
-    ``onednn``: oneDNN loads here (``jax_onednn.available()``). On a CPU with AVX-512, all four
-    convolutions then get oneDNN's weight gradient (``jax_onednn``), over XLA's own convolutions whichever
-    XLA setting is in force: 1.11x the sliced step at batch 128 and 1.16x at 512. On AVX2 it was not
-    measured (oneDNN has AVX2 kernels, but its conv1 weight gradient there was TensorFlow's slowest pass), so
-    AVX2 keeps the measured choice above until ``benchmarks.jax_cpu_remedies`` measures it there.
+    ``onednn``: oneDNN loads here (``jax_onednn.available()``). On a CPU with AVX2, all four
+    convolutions are then oneDNN's, each pass (``jax_onednn``), whichever XLA setting is in force. On
+    AVX-512, at batch 128: 53.6 ms per step against 62.9 with oneDNN's weight gradients alone and 73-76 with
+    the slices (``benchmarks.jax_cpu_remedies``, one process, alternating windows). On AVX2 the
+    JAX step was not measured with it; what was measured there is that the same oneDNN kernels made
+    TensorFlow's whole step 2.2-2.4x faster than Eigen's (``runtime.tensorflow_cpu_settings``), and XLA's
+    convolutions are Eigen's: ``benchmarks.jax_cpu_remedies``' "pool mask + oneDNN weight gradients" is the
+    variant to check it with. Older x86 and other architectures keep the forms above.
     """
     fields = {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),
-              "onednn_weight_gradient_convs": ()}
-    if onednn and "avx512f" in features:
-        return {**fields, "onednn_weight_gradient_convs": ONEDNN_CONVS}
+              "onednn_convs": ()}
+    if onednn and "avx2" in features:
+        return {**fields, "onednn_convs": ONEDNN_CONVS}
     if xla_convolutions_fast:
         return {**fields, "sliced_weight_gradient_convs": SLICED_CONVS}
     return {**fields, "matmul_convs": CONVS}
@@ -106,7 +110,7 @@ def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None,
              sliced_weight_gradient_convs: tuple[str, ...] | None = None,
-             onednn_weight_gradient_convs: tuple[str, ...] | None = None) -> list[str]:
+             onednn_convs: tuple[str, ...] | None = None) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     By default the convolutions' forms are this process's (``chosen_conv_forms``);
@@ -125,12 +129,12 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
     matmul_convs = chosen["matmul_convs"] if matmul_convs is None else matmul_convs
     if sliced_weight_gradient_convs is None:
         sliced_weight_gradient_convs = chosen["sliced_weight_gradient_convs"]
-    if onednn_weight_gradient_convs is None:
-        onednn_weight_gradient_convs = chosen["onednn_weight_gradient_convs"]
+    if onednn_convs is None:
+        onednn_convs = chosen["onednn_convs"]
     changed = []
     for layer in model.layers:
-        if layer.name in onednn_weight_gradient_convs and _plain_odd_conv(layer):
-            layer.convolution_op = conv_with_onednn_weight_gradient
+        if layer.name in onednn_convs and _plain_odd_conv(layer):
+            layer.convolution_op = conv_by_onednn
             changed.append(layer.name)
         elif layer.name in matmul_convs and _plain_odd_conv(layer):
             layer.convolution_op = conv_as_one_matmul
@@ -190,11 +194,12 @@ def conv_with_sliced_weight_gradient(inputs, kernel, slice_size: int = WEIGHT_GR
                                                     keras.ops.convert_to_tensor(kernel))
 
 
-def conv_with_onednn_weight_gradient(inputs, kernel):
-    """Keras's VALID, stride-1 convolution of ``inputs`` (n, h, w, c) by ``kernel`` (kh, kw, c, f), whose
-    kernel gradient is oneDNN's (``jax_onednn``); XLA's sliced one where oneDNN cannot compute it, and
-    XLA's whole-batch one under a ``keras.distribution`` (the custom call does not know the shards)."""
-    return _onednn_weight_gradient_conv()(keras.ops.convert_to_tensor(inputs), keras.ops.convert_to_tensor(kernel))
+def conv_by_onednn(inputs, kernel):
+    """Keras's VALID, stride-1 convolution of ``inputs`` (n, h, w, c) by ``kernel`` (kh, kw, c, f), each of
+    its passes by oneDNN (``jax_onednn``): XLA's for a pass that oneDNN cannot compute (the slices for the
+    weight gradient), and all of XLA's under a ``keras.distribution`` (the custom calls do not know the
+    shards)."""
+    return _onednn_conv()(keras.ops.convert_to_tensor(inputs), keras.ops.convert_to_tensor(kernel))
 
 
 def valid_conv(inputs, kernel):
@@ -278,23 +283,33 @@ def max_pool_with_mask_gradient(pool_size: tuple[int, int]):
 
 
 @functools.cache
-def _onednn_weight_gradient_conv():
+def _onednn_conv():
     import jax
 
-    from .jax_onednn import conv_weight_gradient
+    from . import jax_onednn
+
+    def distributed() -> bool:
+        return keras.distribution.distribution() is not None
+
+    def convolution(inputs, kernel):
+        outputs = None if distributed() else jax_onednn.conv(inputs, kernel)
+        return valid_conv(inputs, kernel) if outputs is None else outputs
 
     def forward(inputs, kernel):
-        return valid_conv(inputs, kernel), (inputs, kernel)
+        return convolution(inputs, kernel), (inputs, kernel)
 
     def backward(residuals, grad):
         inputs, kernel = residuals
-        if keras.distribution.distribution() is not None:
+        if distributed():
             return jax.vjp(valid_conv, inputs, kernel)[1](grad)
-        kernel_grad = conv_weight_gradient(inputs, grad, kernel.shape)
+        input_grad = jax_onednn.conv_input_gradient(grad, kernel, inputs.shape)
+        if input_grad is None:
+            input_grad = jax.vjp(lambda x: valid_conv(x, kernel), inputs)[1](grad)[0]
+        kernel_grad = jax_onednn.conv_weight_gradient(inputs, grad, kernel.shape)
         if kernel_grad is None:
-            return jax.vjp(_sliced_weight_gradient_conv(WEIGHT_GRADIENT_SLICE), inputs, kernel)[1](grad)
-        return jax.vjp(lambda x: valid_conv(x, kernel), inputs)[1](grad)[0], kernel_grad.astype(kernel.dtype)
+            kernel_grad = jax.vjp(_sliced_weight_gradient_conv(WEIGHT_GRADIENT_SLICE), inputs, kernel)[1](grad)[1]
+        return input_grad, kernel_grad
 
-    conv = jax.custom_vjp(valid_conv)
+    conv = jax.custom_vjp(convolution)
     conv.defvjp(forward, backward)
     return conv

@@ -1,12 +1,14 @@
-"""oneDNN's convolution weight gradient, called from XLA:CPU as a custom call: for JAX's training step.
+"""oneDNN's convolutions, called from XLA:CPU as custom calls: for JAX's training step.
 
-On XLA:CPU (jaxlib 0.10) the weight gradients of the model's convolutions run on
-Eigen at 60-90 GFLOP/s, and they were most of what kept JAX's training step
+On XLA:CPU (jaxlib 0.10) the model's convolutions run on Eigen: their weight
+gradients at 60-90 GFLOP/s, and they were most of what kept JAX's training step
 behind TensorFlow's, whose oneDNN computes the same gradients at 180-190 GFLOP/s
 on the same AVX-512 CPU (conv1, batch 128: 16-18 ms in XLA, 7.1 ms in oneDNN;
 ``python -m benchmarks.conv_passes``). Every other formulation that XLA can run
 (im2col matmuls, per-tap matmuls, slices) stayed at or below XLA's own
-(docs/performance.md). So this module hands those gradients to oneDNN itself.
+(docs/performance.md). So this module hands the convolutions to oneDNN itself:
+all three passes, since oneDNN also ran the forward passes and input gradients
+faster (conv1: 6.5 against 8.4 ms forward, 7.1 against 9.7 ms input gradient).
 
 How, with no compiled code of the project's own:
 
@@ -14,16 +16,16 @@ How, with no compiled code of the project's own:
   build with GNU OpenMP), loaded with ``ctypes`` from the files that
   distribution installed, never from a search path. Its C API is stable across
   oneDNN 3.x.
-- XLA calls a handler written with ``ctypes.CFUNCTYPE`` through its FFI
-  (``jax.ffi``): XLA passes its own buffers, so nothing is copied.
-  ``jax.pure_callback`` copied both 11 MB inputs of conv1 into new arrays on
-  every call (2.9 ms of an 11 ms call) and is not used.
-- The primitive for each shape is created once, when the step is traced; a
-  shape that oneDNN cannot compute (or no library) keeps XLA's gradient.
+- XLA calls handlers written with ``ctypes.CFUNCTYPE`` through its FFI
+  (``jax.ffi``), one per pass: XLA passes its own buffers, so nothing is copied.
+  ``jax.pure_callback`` copied both 11 MB inputs of conv1's weight gradient into
+  new arrays on every call (2.9 ms of an 11 ms call) and is not used.
+- The primitive for each pass and shape is created once, when the step is
+  traced; a shape that oneDNN cannot compute (or no library) keeps XLA's pass.
 
-The handler takes the GIL like any Python callback and releases it while oneDNN
+A handler takes the GIL like any Python callback and releases it while oneDNN
 runs; one lock keeps oneDNN's calls one at a time, since each already uses every
-core through OpenMP and the primitives' memory objects are shared.
+core through OpenMP and a primitive's memory objects are shared.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ import ctypes
 import functools
 import importlib.metadata
 import threading
+import weakref
 from pathlib import Path
 
 DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
-TARGET = "mnist_mb_onednn_conv_weight_gradient"
 
 # oneDNN 3.x C API values (dnnl_types.h).
 _F32, _CPU, _CONVOLUTION_DIRECT, _FORMAT_ANY = 3, 1, 1, 1
-_ARG_SRC, _ARG_DST, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 1, 17, 145, 161
-_QUERY_IMPL_INFO, _QUERY_DIFF_WEIGHTS_MD = 8, 132
+_FORWARD_TRAINING = 64
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 1, 17, 33, 129, 145, 161
+_QUERY_IMPL_INFO, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
 _STREAM_IN_ORDER = 1
 _ALLOCATE = ctypes.c_void_p(2 ** 64 - 1)  # DNNL_MEMORY_ALLOCATE: the library allocates the memory itself
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
@@ -105,57 +108,111 @@ def _check(status: int, what: str) -> None:
         raise OneDnnError(f"oneDNN {what} failed with status {status}")
 
 
-class WeightGradient:
-    """oneDNN's weight gradient of a VALID, stride-1 convolution of channels-last ``inputs`` (n, h, w, c), for
-    a kernel (kh, kw, c, f) as Keras stores it: one primitive for one shape, then a reorder from oneDNN's
-    blocked layout into the kernel's."""
+PASSES = ("forward", "input_gradient", "weight_gradient")
 
-    def __init__(self, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...]):
+
+class Convolution:
+    """One pass of a VALID, stride-1 convolution of channels-last inputs (n, h, w, c) by a kernel
+    (kh, kw, c, f) as Keras stores it, by oneDNN: one primitive for one pass and shape.
+
+    - ``forward``: (inputs, kernel) -> outputs (n, oh, ow, f);
+    - ``input_gradient``: (upstream, kernel) -> inputs' gradient (n, h, w, c);
+    - ``weight_gradient``: (inputs, upstream) -> kernel's gradient (kh, kw, c, f).
+
+    The images stay in their channels-last layout (oneDNN reads it as it is); the kernel goes through
+    oneDNN's blocked layout of its choice, by a reorder before the pass or after it.
+    """
+
+    def __init__(self, pass_: str, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...]):
         lib, engine, _ = _onednn()
         n, h, w, c = input_shape
         kh, kw, _, f = kernel_shape
         oh, ow = h - kh + 1, w - kw + 1
-        self.input_shape, self.kernel_shape = tuple(input_shape), tuple(kernel_shape)
+        self.pass_, self.input_shape, self.kernel_shape = pass_, tuple(input_shape), tuple(kernel_shape)
         self.output_shape = (n, oh, ow, f)
+        self._primitives, self._memories, descriptors, mds = [], [], [], []
+        # Freed with the object, not at exit (the process's memory goes then anyway).
+        weakref.finalize(self, _release, lib, self._primitives, self._memories).atexit = False
 
         def strided(dims, strides):  # oneDNN's logical (N, C, H, W) / (O, I, H, W) over our physical layouts
             md = ctypes.c_void_p()
             _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), len(dims), _Dims(*dims), _F32,
                                                             _Dims(*strides)), "memory descriptor")
+            mds.append(md)
             return md
 
-        src = strided((n, c, h, w), (h * w * c, 1, w * c, c))
-        diff_dst = strided((n, f, oh, ow), (oh * ow * f, 1, ow * f, f))
+        def descriptor():
+            pd = ctypes.c_void_p()
+            descriptors.append(pd)
+            return pd
+
+        images = strided((n, c, h, w), (h * w * c, 1, w * c, c))
+        outputs = strided((n, f, oh, ow), (oh * ow * f, 1, ow * f, f))
         hwio = strided((f, c, kh, kw), (1, f, kw * c * f, c * f))
         any_weights = ctypes.c_void_p()
         _check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(any_weights), 4, _Dims(f, c, kh, kw), _F32,
                                                     _FORMAT_ANY), "memory descriptor")
+        mds.append(any_weights)
         ones, zeros = _Dims(*[1] * 12), _Dims()
-        descriptor, reorder_descriptor = ctypes.c_void_p(), ctypes.c_void_p()
-        self._primitives, self._memories = [], []
+        geometry = (ones, zeros, zeros, zeros)  # strides, dilations (0: none), padding before and after
         try:
-            _check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
-                ctypes.byref(descriptor), engine, _CONVOLUTION_DIRECT, src, any_weights, None, diff_dst,
-                ones, zeros, zeros, zeros, None, None), "convolution weight gradient")
+            forward = descriptor()
+            _check(lib.dnnl_convolution_forward_primitive_desc_create(
+                ctypes.byref(forward), engine, _FORWARD_TRAINING, _CONVOLUTION_DIRECT, images, any_weights, None,
+                outputs, *geometry, None), "convolution")
+            if pass_ == "forward":
+                chosen, weights_query = forward, _QUERY_WEIGHTS_MD
+            elif pass_ == "input_gradient":
+                chosen, weights_query = descriptor(), _QUERY_WEIGHTS_MD
+                _check(lib.dnnl_convolution_backward_data_primitive_desc_create(
+                    ctypes.byref(chosen), engine, _CONVOLUTION_DIRECT, images, any_weights, outputs, *geometry,
+                    forward, None), "convolution input gradient")
+            else:
+                chosen, weights_query = descriptor(), _QUERY_DIFF_WEIGHTS_MD
+                _check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
+                    ctypes.byref(chosen), engine, _CONVOLUTION_DIRECT, images, any_weights, None, outputs,
+                    *geometry, forward, None), "convolution weight gradient")
             info = ctypes.c_char_p()
-            lib.dnnl_primitive_desc_query(descriptor, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
+            lib.dnnl_primitive_desc_query(chosen, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
             self.implementation = (info.value or b"").decode()
-            blocked = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(descriptor, _QUERY_DIFF_WEIGHTS_MD, 0))
-            self._convolution = self._primitive(descriptor)
-            self._src, self._diff_dst = self._memory(src, None), self._memory(diff_dst, None)
-            self._blocked, self._kernel = self._memory(blocked, _ALLOCATE), self._memory(hwio, None)
-            _check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(reorder_descriptor), blocked, engine,
-                                                          hwio, engine, None), "reorder")
-            self._reorder = self._primitive(reorder_descriptor)
+            blocked = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(chosen, weights_query, 0))
+            self._pass = self._primitive(chosen)
+            self._kernel, self._blocked = self._memory(hwio, None), self._memory(blocked, _ALLOCATE)
+            reorder = descriptor()
+            source, target = (blocked, hwio) if pass_ == "weight_gradient" else (hwio, blocked)
+            _check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(reorder), source, engine, target, engine,
+                                                          None), "reorder")
+            self._reorder = self._primitive(reorder)
+            self._images, self._outputs = self._memory(images, None), self._memory(outputs, None)
         finally:
-            for md in (src, diff_dst, hwio, any_weights):
+            for md in mds:
                 lib.dnnl_memory_desc_destroy(md)
-            for pd in (descriptor, reorder_descriptor):
+            for pd in descriptors:
                 if pd:
                     lib.dnnl_primitive_desc_destroy(pd)
-        self._convolution_args = (_ExecArg * 3)(_ExecArg(_ARG_SRC, self._src), _ExecArg(_ARG_DIFF_DST, self._diff_dst),
-                                                _ExecArg(_ARG_DIFF_WEIGHTS, self._blocked))
-        self._reorder_args = (_ExecArg * 2)(_ExecArg(_ARG_SRC, self._blocked), _ExecArg(_ARG_DST, self._kernel))
+        arg = _ExecArg
+        if pass_ == "forward":  # operands, result: the memories that XLA's buffers are bound to, in order
+            self._bound = (self._images, self._kernel, self._outputs)
+            self._args = (arg(_ARG_SRC, self._images), arg(_ARG_WEIGHTS, self._blocked), arg(_ARG_DST, self._outputs))
+        elif pass_ == "input_gradient":
+            self._bound = (self._outputs, self._kernel, self._images)
+            self._args = (arg(_ARG_DIFF_DST, self._outputs), arg(_ARG_WEIGHTS, self._blocked),
+                          arg(_ARG_DIFF_SRC, self._images))
+        else:
+            self._bound = (self._images, self._outputs, self._kernel)
+            self._args = (arg(_ARG_SRC, self._images), arg(_ARG_DIFF_DST, self._outputs),
+                          arg(_ARG_DIFF_WEIGHTS, self._blocked))
+        self._args = (arg * 3)(*self._args)
+        self._reorder_args = (arg * 2)(*(
+            (arg(_ARG_SRC, self._blocked), arg(_ARG_DST, self._kernel)) if pass_ == "weight_gradient"
+            else (arg(_ARG_SRC, self._kernel), arg(_ARG_DST, self._blocked))))
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shapes of the two operands and of the result, in the order ``run`` takes their addresses."""
+        images, kernel, outputs = self.input_shape, self.kernel_shape, self.output_shape
+        return {"forward": (images, kernel, outputs), "input_gradient": (outputs, kernel, images),
+                "weight_gradient": (images, outputs, kernel)}[self.pass_]
 
     def _primitive(self, descriptor):
         primitive = ctypes.c_void_p()
@@ -169,50 +226,53 @@ class WeightGradient:
         self._memories.append(memory)
         return memory
 
-    def __del__(self):
-        onednn = _onednn()
-        for primitive in getattr(self, "_primitives", ()):
-            onednn[0].dnnl_primitive_destroy(primitive)
-        for memory in getattr(self, "_memories", ()):
-            onednn[0].dnnl_memory_destroy(memory)
 
-    def run(self, inputs: int, upstream: int, kernel_gradient: int) -> None:
-        """Compute into the buffer at address ``kernel_gradient`` from those at ``inputs`` and ``upstream``
-        (C-contiguous float32 of this primitive's shapes)."""
+    def run(self, first: int, second: int, result: int) -> None:
+        """Compute into the buffer at address ``result`` from the operands at ``first`` and ``second``
+        (C-contiguous float32 buffers of ``shapes``)."""
         lib, _, stream = _onednn()
         with _LOCK:
-            for memory, address in ((self._src, inputs), (self._diff_dst, upstream), (self._kernel, kernel_gradient)):
+            for memory, address in zip(self._bound, (first, second, result)):
                 _check(lib.dnnl_memory_set_data_handle(memory, ctypes.c_void_p(address)), "data handle")
-            _check(lib.dnnl_primitive_execute(self._convolution, stream, 3, self._convolution_args), "execution")
-            _check(lib.dnnl_primitive_execute(self._reorder, stream, 2, self._reorder_args), "reorder")
+            if self.pass_ != "weight_gradient":
+                _check(lib.dnnl_primitive_execute(self._reorder, stream, 2, self._reorder_args), "reorder")
+            _check(lib.dnnl_primitive_execute(self._pass, stream, 3, self._args), "execution")
+            if self.pass_ == "weight_gradient":
+                _check(lib.dnnl_primitive_execute(self._reorder, stream, 2, self._reorder_args), "reorder")
             _check(lib.dnnl_stream_wait(stream), "stream")
 
-    def __call__(self, inputs, upstream):
-        """The kernel gradient of numpy ``inputs`` and ``upstream`` gradient (a check, and the tests')."""
+    def __call__(self, first, second):
+        """The pass on numpy arrays (a check, and the tests')."""
         import numpy as np
 
-        inputs = np.ascontiguousarray(inputs, np.float32)
-        upstream = np.ascontiguousarray(upstream, np.float32)
-        if inputs.shape != self.input_shape or upstream.shape != self.output_shape:
-            raise ValueError(f"shapes {inputs.shape}, {upstream.shape}; this primitive computes "
-                             f"{self.input_shape}, {self.output_shape}")
-        kernel_gradient = np.empty(self.kernel_shape, np.float32)
-        self.run(inputs.ctypes.data, upstream.ctypes.data, kernel_gradient.ctypes.data)
-        return kernel_gradient
+        first, second = (np.ascontiguousarray(a, np.float32) for a in (first, second))
+        if (first.shape, second.shape) != self.shapes[:2]:
+            raise ValueError(f"shapes {first.shape}, {second.shape}; this primitive computes {self.shapes[:2]}")
+        result = np.empty(self.shapes[2], np.float32)
+        self.run(first.ctypes.data, second.ctypes.data, result.ctypes.data)
+        return result
 
 
 _LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=32)
-def weight_gradient(input_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> WeightGradient | None:
-    """The primitive for these shapes, created once; None where oneDNN is missing or cannot compute them."""
+def _release(lib, primitives, memories) -> None:
+    for primitive in primitives:
+        lib.dnnl_primitive_destroy(primitive)
+    for memory in memories:
+        lib.dnnl_memory_destroy(memory)
+
+
+@functools.lru_cache(maxsize=64)
+def convolution(pass_: str, input_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> Convolution | None:
+    """The primitive for this pass and these shapes, created once; None where oneDNN is missing or cannot
+    compute them."""
     if not available() or len(input_shape) != 4 or len(kernel_shape) != 4 or input_shape[3] != kernel_shape[2]:
         return None
     if min(input_shape[1] - kernel_shape[0], input_shape[2] - kernel_shape[1]) < 0 or 0 in input_shape + kernel_shape:
         return None  # no output pixel, or an empty operand: nothing for oneDNN to compute
     try:
-        return WeightGradient(tuple(input_shape), tuple(kernel_shape))
+        return Convolution(pass_, tuple(input_shape), tuple(kernel_shape))
     except OneDnnError:
         return None
 
@@ -284,49 +344,80 @@ def _buffer(pointer) -> tuple[_Buffer, tuple[int, ...]]:
     return buffer, tuple(buffer.dims[i] for i in range(buffer.rank))
 
 
-@ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_CallFrame))
-def _handler(frame_pointer):
-    frame = frame_pointer.contents
-    try:
-        if frame.extension_start and frame.extension_start.contents.type == _EXTENSION_METADATA:
-            # XLA asks which FFI version the handler was written for, once, when it is registered.
-            metadata = ctypes.cast(frame.extension_start, ctypes.POINTER(_MetadataExtension)).contents.metadata
-            metadata.contents.api_version = _ApiVersion(ctypes.sizeof(_ApiVersion), None, 0, 1)
-            metadata.contents.traits = 0
+def _handler_for(pass_: str):
+    target = TARGETS[pass_]
+
+    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_CallFrame))
+    def handler(frame_pointer):
+        frame = frame_pointer.contents
+        try:
+            if frame.extension_start and frame.extension_start.contents.type == _EXTENSION_METADATA:
+                # XLA asks which FFI version the handler was written for, once, when it is registered.
+                metadata = ctypes.cast(frame.extension_start, ctypes.POINTER(_MetadataExtension)).contents.metadata
+                metadata.contents.api_version = _ApiVersion(ctypes.sizeof(_ApiVersion), None, 0, 1)
+                metadata.contents.traits = 0
+                return None
+            if frame.stage != _STAGE_EXECUTE:
+                return None
+            if frame.args.size != 2 or frame.rets.size != 1:
+                return _error(frame, _INVALID_ARGUMENT, f"{target}: takes 2 operands and returns 1")
+            (first, first_shape), (second, second_shape), (result, result_shape) = (
+                _buffer(frame.args.items[0]), _buffer(frame.args.items[1]), _buffer(frame.rets.items[0]))
+            if any(b.dtype != _F32_TYPE or b.rank != 4 for b in (first, second, result)):
+                return _error(frame, _INVALID_ARGUMENT, f"{target}: float32 operands of rank 4 only")
+            input_shape, kernel_shape = {"forward": (first_shape, second_shape),
+                                         "input_gradient": (result_shape, second_shape),
+                                         "weight_gradient": (first_shape, result_shape)}[pass_]
+            primitive = convolution(pass_, input_shape, kernel_shape)
+            if primitive is None or primitive.shapes != (first_shape, second_shape, result_shape):
+                return _error(frame, _INVALID_ARGUMENT,
+                              f"{target}: oneDNN cannot compute {first_shape}, {second_shape} -> {result_shape}")
+            primitive.run(first.data, second.data, result.data)
             return None
-        if frame.stage != _STAGE_EXECUTE:
-            return None
-        if frame.args.size != 2 or frame.rets.size != 1:
-            return _error(frame, _INVALID_ARGUMENT, f"{TARGET}: takes 2 operands and returns 1")
-        (inputs, input_shape), (upstream, _), (kernel, kernel_shape) = (
-            _buffer(frame.args.items[0]), _buffer(frame.args.items[1]), _buffer(frame.rets.items[0]))
-        if any(b.dtype != _F32_TYPE or b.rank != 4 for b in (inputs, upstream, kernel)):
-            return _error(frame, _INVALID_ARGUMENT, f"{TARGET}: float32 operands of rank 4 only")
-        primitive = weight_gradient(input_shape, kernel_shape)
-        if primitive is None:
-            return _error(frame, _INVALID_ARGUMENT, f"{TARGET}: oneDNN cannot compute {input_shape} * {kernel_shape}")
-        primitive.run(inputs.data, upstream.data, kernel.data)
-        return None
-    except Exception as error:  # an exception must not cross into XLA: it becomes the step's error
-        return _error(frame, _INTERNAL, f"{TARGET}: {type(error).__name__}: {error}")
+        except Exception as error:  # an exception must not cross into XLA: it becomes the step's error
+            return _error(frame, _INTERNAL, f"{target}: {type(error).__name__}: {error}")
+
+    return handler
+
+
+TARGETS = {pass_: f"mnist_mb_onednn_conv_{pass_}" for pass_ in PASSES}
+_HANDLERS = {pass_: _handler_for(pass_) for pass_ in PASSES}  # kept alive: XLA holds their addresses
 
 
 @functools.cache
 def _registered() -> bool:
     import jax
 
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(ctypes.cast(_handler, ctypes.c_void_p).value),
-                                platform="cpu")
+    for pass_, handler in _HANDLERS.items():
+        jax.ffi.register_ffi_target(TARGETS[pass_], jax.ffi.pycapsule(ctypes.cast(handler, ctypes.c_void_p).value),
+                                    platform="cpu")
     return True
 
 
-def conv_weight_gradient(inputs, upstream, kernel_shape: tuple[int, ...]):
-    """In a JAX computation on CPU: the kernel gradient of the VALID, stride-1, channels-last convolution of
-    ``inputs`` whose output's gradient is ``upstream``, by oneDNN; None (use XLA's) where oneDNN cannot."""
+def _call(pass_: str, first, second, input_shape, kernel_shape):
+    """``pass_`` by oneDNN inside a JAX computation on CPU; None (use XLA's) where oneDNN cannot compute it."""
     import jax
     import numpy as np
 
-    if weight_gradient(tuple(inputs.shape), tuple(kernel_shape)) is None or inputs.dtype != np.float32:
+    primitive = convolution(pass_, tuple(input_shape), tuple(kernel_shape))
+    if primitive is None or first.dtype != np.float32 or second.dtype != np.float32:
+        return None
+    if (tuple(first.shape), tuple(second.shape)) != primitive.shapes[:2]:
         return None
     _registered()
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(tuple(kernel_shape), np.float32))(inputs, upstream)
+    return jax.ffi.ffi_call(TARGETS[pass_], jax.ShapeDtypeStruct(primitive.shapes[2], np.float32))(first, second)
+
+
+def conv(inputs, kernel):
+    """The VALID, stride-1 convolution of channels-last ``inputs`` by ``kernel`` (kh, kw, c, f), by oneDNN."""
+    return _call("forward", inputs, kernel, inputs.shape, kernel.shape)
+
+
+def conv_input_gradient(upstream, kernel, input_shape: tuple[int, ...]):
+    """The inputs' gradient of that convolution, given its output's gradient ``upstream``, by oneDNN."""
+    return _call("input_gradient", upstream, kernel, input_shape, kernel.shape)
+
+
+def conv_weight_gradient(inputs, upstream, kernel_shape: tuple[int, ...]):
+    """The kernel's gradient of that convolution of ``inputs``, given its output's gradient ``upstream``."""
+    return _call("weight_gradient", inputs, upstream, inputs.shape, kernel_shape)

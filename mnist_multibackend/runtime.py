@@ -373,8 +373,10 @@ def cpu_line(host: dict) -> str:
     malloc = None if malloc is None else "malloc keeps freed memory" if malloc == "kept" else f"malloc as is ({malloc})"
     xla = host.get("xla_cpu_convolutions")  # None: recorded before the choice existed, or no JAX started
     xla = None if xla is None else "XLA convolutions off YNNPACK" if xla["in_force"] else "XLA convolutions on YNNPACK"
+    jax_onednn = host.get("jax_onednn")  # None: not used, or recorded before it existed
+    jax_onednn = jax_onednn and f"JAX convolutions by oneDNN {jax_onednn}"
     return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + \
-        "".join(f", {part}" for part in (onednn, malloc, xla) if part)
+        "".join(f", {part}" for part in (onednn, malloc, xla, jax_onednn) if part)
 
 
 def machine() -> dict:
@@ -387,9 +389,18 @@ def machine() -> dict:
     xla = None if decision is None else {"decision": decision, "in_force": xla_cpu_flags.in_force()}
     # The load average says whether other work shared the cores during a measurement.
     return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "malloc": allocator_state(),
-            "xla_cpu_convolutions": xla,
+            "xla_cpu_convolutions": xla, "jax_onednn": None if decision is None else jax_onednn_in_training(),
             "cores": os.cpu_count(),
             "system": platform.platform(), "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def jax_onednn_in_training() -> str | None:
+    """oneDNN's version where JAX's training on this CPU computes its convolutions with it
+    (``jax_cpu.conv_forms``); None where it does not. Call only in a process that started JAX."""
+    from .jax_cpu import chosen_conv_forms
+    from .jax_onednn import version
+
+    return version() if chosen_conv_forms()["onednn_convs"] else None
 
 
 def results_machine(hosts: list[dict]) -> dict:

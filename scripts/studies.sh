@@ -8,7 +8,7 @@ python3 -m benchmarks.overhead --paths project,best --rounds 3 --epochs 3 --imag
 python3 -m benchmarks.tf_cpu_options --out "$out/tf-cpu-options"
 # JAX/CPU's convolution forms (jax_cpu.conv_forms), each against the others in one process.
 python3 -m benchmarks.jax_cpu_remedies --rounds 6 --steps 6 --no-fit \
-    --variants "plain,pool mask gradient,pool mask + sliced weight gradients,pool mask + oneDNN weight gradients,all matmul + pool mask,kept" \
+    --variants "plain,pool mask gradient,pool mask + sliced weight gradients,pool mask + oneDNN convolutions,all matmul + pool mask,kept" \
     --out "$out/jax-forms.json"
 # Each convolution's passes alone on both backends: where a step's time goes on this CPU.
 python3 -m benchmarks.conv_passes --out "$out/conv-passes"

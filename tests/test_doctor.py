@@ -12,7 +12,7 @@ import pytest
 
 from conftest import BACKEND, assert_clean_error, cli
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512, GRAVITON2, XEON_AMX
-from mnist_multibackend import allocator, doctor, xla_cpu_flags
+from mnist_multibackend import allocator, doctor, jax_cpu, jax_onednn, xla_cpu_flags
 from mnist_multibackend.bench import last_run
 from mnist_multibackend.runtime import cpu_features, cpu_flags, cpu_line, machine
 
@@ -279,8 +279,11 @@ def test_train_metrics_record_the_cpu_features(train_metrics):
         decision = xla_cpu_flags.policy(os.environ, xla_cpu_flags.xla_knows_setting(), jax_running=False)
         assert xla == {"decision": decision, "in_force": xla_cpu_flags.in_force()}
         assert ("XLA convolutions off YNNPACK" in cpu_line(train_metrics["machine"])) == xla["in_force"]
+        used = jax_cpu.chosen_conv_forms()["onednn_convs"]
+        assert train_metrics["machine"]["jax_onednn"] == (jax_onednn.version() if used else None)
+        assert ("JAX convolutions by oneDNN 3." in cpu_line(train_metrics["machine"])) == bool(used)
     else:
-        assert xla is None
+        assert xla is None and train_metrics["machine"]["jax_onednn"] is None
 
 
 @pytest.mark.tensorflow
@@ -295,4 +298,4 @@ def test_tensorflow_train_metrics_record_the_onednn_state(train_metrics):
 @pytest.mark.jax
 def test_jax_train_metrics_say_tensorflow_computed_nothing(train_metrics):
     assert train_metrics["machine"]["tensorflow_onednn"] is None
-    assert "oneDNN" not in cpu_line(train_metrics["machine"])
+    assert "TensorFlow oneDNN" not in cpu_line(train_metrics["machine"])

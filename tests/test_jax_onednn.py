@@ -1,4 +1,4 @@
-"""oneDNN's convolution weight gradient inside JAX (jax_onednn): XLA's result, on XLA's buffers, errors as errors."""
+"""oneDNN's convolutions inside JAX (jax_onednn): XLA's results for each pass, on XLA's buffers, errors as errors."""
 
 import numpy as np
 import pytest
@@ -23,13 +23,16 @@ def _case(input_shape, kernel_shape, seed=0):
     return inputs, upstream.astype("float32")
 
 
-def _xla_weight_gradient(inputs, upstream, kernel_shape):
+def _xla_passes(inputs, kernel, upstream):
+    """XLA's forward pass, input gradient and weight gradient of the same convolution."""
     import jax
 
     from mnist_multibackend.jax_cpu import valid_conv
 
-    kernel = np.zeros(kernel_shape, "float32")
-    return np.asarray(jax.vjp(lambda k: valid_conv(inputs, k), kernel)[1](upstream)[0])
+    outputs, vjp = jax.vjp(valid_conv, inputs, kernel)
+    input_grad, kernel_grad = vjp(upstream)
+    return {"forward": np.asarray(outputs), "input_gradient": np.asarray(input_grad),
+            "weight_gradient": np.asarray(kernel_grad)}
 
 
 def _assert_close(actual, expected):
@@ -43,43 +46,61 @@ def test_version_is_onednn_3():
 
 
 @pytest.mark.parametrize("input_shape, kernel_shape", SHAPES)
-def test_in_a_jax_computation_it_is_xlas_weight_gradient(input_shape, kernel_shape):
+def test_in_a_jax_computation_each_pass_is_xlas(input_shape, kernel_shape):
     import jax
 
     inputs, upstream = _case(input_shape, kernel_shape)
-    step = jax.jit(lambda x, g: jax_onednn.conv_weight_gradient(x * 1.0, g, kernel_shape))
-    assert jax_onednn.TARGET in step.lower(inputs, upstream).as_text()  # oneDNN's custom call, not a fallback
-    _assert_close(np.asarray(step(inputs, upstream)), _xla_weight_gradient(inputs, upstream, kernel_shape))
+    kernel = np.random.default_rng(1).normal(size=kernel_shape).astype("float32") / 17
+    calls = {"forward": (lambda x, k, g: jax_onednn.conv(x * 1.0, k)),
+             "input_gradient": (lambda x, k, g: jax_onednn.conv_input_gradient(g * 1.0, k, x.shape)),
+             "weight_gradient": (lambda x, k, g: jax_onednn.conv_weight_gradient(x * 1.0, g, k.shape))}
+    expected = _xla_passes(inputs, kernel, upstream)
+    for pass_, call in calls.items():
+        step = jax.jit(call)
+        assert jax_onednn.TARGETS[pass_] in step.lower(inputs, kernel, upstream).as_text()  # oneDNN's, not XLA's
+        _assert_close(np.asarray(step(inputs, kernel, upstream)), expected[pass_])
 
 
 def test_called_on_numpy_arrays_too_and_checks_their_shapes():
-    inputs, upstream = _case(*SHAPES[2])
-    primitive = jax_onednn.weight_gradient(inputs.shape, SHAPES[2][1])
-    _assert_close(primitive(inputs, upstream), _xla_weight_gradient(inputs, upstream, SHAPES[2][1]))
-    with pytest.raises(ValueError, match="shapes"):
-        primitive(inputs[:3], upstream)
+    (input_shape, kernel_shape), (inputs, upstream) = SHAPES[2], _case(*SHAPES[2])
+    kernel = np.random.default_rng(1).normal(size=kernel_shape).astype("float32")
+    expected = _xla_passes(inputs, kernel, upstream)
+    for pass_, operands in (("forward", (inputs, kernel)), ("input_gradient", (upstream, kernel)),
+                            ("weight_gradient", (inputs, upstream))):
+        primitive = jax_onednn.convolution(pass_, input_shape, kernel_shape)
+        _assert_close(primitive(*operands), expected[pass_])
+        with pytest.raises(ValueError, match="shapes"):
+            primitive(operands[0][:3], operands[1])
 
 
 def test_what_onednn_cannot_compute_is_left_to_xla():
     import jax.numpy as jnp
 
-    inputs, upstream = _case(*SHAPES[2])
-    # float16 is not what the primitive computes: the caller keeps XLA's gradient (None).
-    assert jax_onednn.conv_weight_gradient(jnp.asarray(inputs, "float16"), upstream, SHAPES[2][1]) is None
-    # A kernel larger than the image, channels that do not match, an empty batch: no primitive.
+    (input_shape, kernel_shape), (inputs, upstream) = SHAPES[2], _case(*SHAPES[2])
+    # float16 is not what the primitives compute: the caller keeps XLA's pass (None).
+    assert jax_onednn.conv_weight_gradient(jnp.asarray(inputs, "float16"), upstream, kernel_shape) is None
+    assert jax_onednn.conv(jnp.asarray(inputs, "float16"), jnp.zeros(kernel_shape, "float16")) is None
+    # A kernel larger than the image, channels that do not match, an empty batch, not 2-D: no primitive.
     for input_shape, kernel_shape in [((2, 4, 4, 3), (5, 5, 3, 8)), ((2, 8, 8, 3), (3, 3, 4, 8)),
                                       ((0, 8, 8, 3), (3, 3, 3, 8)), ((2, 8, 8), (3, 3, 8))]:
-        assert jax_onednn.weight_gradient(input_shape, kernel_shape) is None, (input_shape, kernel_shape)
+        for pass_ in jax_onednn.PASSES:
+            assert jax_onednn.convolution(pass_, input_shape, kernel_shape) is None, (pass_, input_shape)
 
 
 def test_a_bad_call_is_a_jax_error_not_a_crash():
     import jax
 
     jax_onednn._registered()
-    bad = jax.ffi.ffi_call(jax_onednn.TARGET, jax.ShapeDtypeStruct((3, 3, 32), np.float32))
+    wrong_rank = jax.ffi.ffi_call(jax_onednn.TARGETS["weight_gradient"], jax.ShapeDtypeStruct((3, 3, 32), np.float32))
     with pytest.raises(Exception, match="float32 operands of rank 4 only") as raised:
-        jax.block_until_ready(jax.jit(bad)(np.zeros((2, 26, 26, 32), "float32"), np.zeros((2, 24, 24, 32), "float32")))
+        jax.block_until_ready(jax.jit(wrong_rank)(np.zeros((2, 26, 26, 32), "float32"),
+                                                  np.zeros((2, 24, 24, 32), "float32")))
     assert type(raised.value).__name__ == "JaxRuntimeError"
+    # Shapes that do not make one convolution (the upstream gradient of another image size).
+    mismatched = jax.ffi.ffi_call(jax_onednn.TARGETS["weight_gradient"], jax.ShapeDtypeStruct((3, 3, 32, 32), np.float32))
+    with pytest.raises(Exception, match="oneDNN cannot compute"):
+        jax.block_until_ready(jax.jit(mismatched)(np.zeros((2, 26, 26, 32), "float32"),
+                                                  np.zeros((2, 20, 20, 32), "float32")))
 
 
 def test_library_is_the_installed_distributions_own():

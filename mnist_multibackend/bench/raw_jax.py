@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_multibackend.jax_cpu import (chosen_conv_forms, conv_as_one_matmul, conv_with_onednn_weight_gradient,
+from mnist_multibackend.jax_cpu import (chosen_conv_forms, conv_as_one_matmul, conv_by_onednn,
                                         conv_with_sliced_weight_gradient,
                                         max_pool_with_mask_gradient)
 
@@ -35,8 +35,8 @@ def _conv(name: str, x, kernel, training: bool):
     forms = chosen_conv_forms() if training and _on_cpu() else {}
     if name in forms.get("matmul_convs", ()):
         return conv_as_one_matmul(x, kernel)
-    if name in forms.get("onednn_weight_gradient_convs", ()):
-        return conv_with_onednn_weight_gradient(x, kernel)
+    if name in forms.get("onednn_convs", ()):
+        return conv_by_onednn(x, kernel)
     if name in forms.get("sliced_weight_gradient_convs", ()):
         return conv_with_sliced_weight_gradient(x, kernel)
     if name in forms.get("same_padded_convs", ()):  # 3x3: SAME, then one pixel off each side
