@@ -405,11 +405,15 @@ def jax_onednn_in_training() -> str | None:
 
 def results_machine(hosts: list[dict]) -> dict:
     """The machine of a results file, from its workers' records (``hosts``, without load averages):
-    the first one's, with TensorFlow's oneDNN state from a worker that loaded TensorFlow."""
+    the first one's, with TensorFlow's oneDNN state from a worker that loaded TensorFlow, and JAX's
+    settings (malloc, XLA's convolutions, oneDNN) from a worker that started JAX."""
     if not hosts:
         return {k: v for k, v in machine().items() if k != "load_average_1min"}
     host = dict(hosts[0])
     tensorflow = next((h for h in hosts if h.get("tensorflow_onednn") is not None), None)
     if tensorflow is not None:
         host.update({key: tensorflow.get(key) for key in ("tensorflow_onednn", ONEDNN_VARIABLE, ONEDNN_ISA_VARIABLE)})
+    jax = next((h for h in hosts if h.get("xla_cpu_convolutions") is not None), None)
+    if jax is not None:
+        host.update({key: jax.get(key) for key in ("malloc", "xla_cpu_convolutions", "jax_onednn")})
     return host

@@ -94,3 +94,18 @@ def test_results_files_name_tensorflows_onednn_state_from_a_tensorflow_worker():
     held = {**tensorflow_host, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert cpu_line(results_machine([jax_host, held])) == "AMD EPYC (features: avx2, fma), 2 cores, " \
         "TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2)"
+
+
+def test_results_files_name_jaxs_settings_from_a_jax_worker():
+    from mnist_multibackend.runtime import cpu_line, results_machine
+
+    tensorflow_host = {"cpu": "AMD EPYC", "cpu_features": ["avx2", "fma"], "cores": 2, "tensorflow_onednn": True,
+                       "TF_ENABLE_ONEDNN_OPTS": "1", "malloc": None, "xla_cpu_convolutions": None, "jax_onednn": None}
+    jax_host = {**tensorflow_host, "tensorflow_onednn": None, "TF_ENABLE_ONEDNN_OPTS": None, "malloc": "kept",
+                "xla_cpu_convolutions": {"decision": "set", "in_force": True}, "jax_onednn": "3.2.0"}
+    expected = "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1), " \
+        "malloc keeps freed memory, XLA convolutions off YNNPACK, JAX convolutions by oneDNN 3.2.0"
+    # whichever worker came first
+    assert cpu_line(results_machine([tensorflow_host, jax_host])) == cpu_line(results_machine([jax_host, tensorflow_host])) == expected
+    assert cpu_line(results_machine([tensorflow_host])) == \
+        "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)"
