@@ -106,3 +106,9 @@ def test_a_bad_call_is_a_jax_error_not_a_crash():
 def test_library_is_the_installed_distributions_own():
     path = jax_onednn.library_path()
     assert path.name.startswith("libdnnl.so.3") and path.is_file()
+
+
+def test_a_missing_distribution_is_no_library(monkeypatch):
+    # Another distribution name, as on a machine without the wheel: no path is guessed from anywhere else.
+    monkeypatch.setattr(jax_onednn, "DISTRIBUTION", "onednn-cpu-gomp-not-installed")
+    assert jax_onednn.library_path() is None
