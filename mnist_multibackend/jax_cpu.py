@@ -29,10 +29,11 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   stay Keras's.
 - better still, the convolutions computed by oneDNN, the library behind
   TensorFlow's CPU kernels, as XLA custom calls (``jax_onednn``), all three
-  passes: conv1's weight gradient took 8.9 ms against 18.5 ms sliced, and the
-  training step at batch 128 ran 1.17x faster with oneDNN's weight gradients
-  and 1.37x with all three passes than with the slices. Where oneDNN is not
-  installed or cannot compute a shape, XLA's pass (and the slices) stay.
+  passes: conv1's weight gradient took 6.7 ms against 14.6 ms sliced, and the
+  training step ran 1.11x (batch 128) and 1.16x (512) faster than with the
+  slices with oneDNN's weight gradients alone, 1.17-1.29x and 1.35x with all
+  three passes. Where oneDNN is not installed or cannot compute a shape, XLA's
+  pass (and the slices) stay.
 - the max pools' gradient: JAX differentiates a max pool into
   ``select_and_scatter``, which XLA:CPU expands into a reduce-window over four
   index arrays and a scatter (about 20 % of the step). For non-overlapping
@@ -86,7 +87,7 @@ def conv_forms(features: list[str], xla_convolutions_fast: bool = False,
     the slices (``benchmarks.jax_cpu_remedies``, one process, alternating windows). On AVX2 the
     JAX step was not measured with it; what was measured there is that the same oneDNN kernels made
     TensorFlow's whole step 2.2-2.4x faster than Eigen's (``runtime.tensorflow_cpu_settings``), and XLA's
-    convolutions are Eigen's: ``benchmarks.jax_cpu_remedies``' "pool mask + oneDNN weight gradients" is the
+    convolutions are Eigen's: ``benchmarks.jax_cpu_remedies``' "pool mask + oneDNN convolutions" is the
     variant to check it with. Older x86 and other architectures keep the forms above.
     """
     fields = {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),

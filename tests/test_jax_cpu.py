@@ -62,7 +62,7 @@ def test_each_cpu_kind_gets_the_forms_measured_on_it():
     # their weight gradients summed over slices of the batch beat XLA's whole-batch ones.
     assert FORMS_XLA_CONVOLUTIONS_FAST["avx512"] == FORMS_XLA_CONVOLUTIONS_FAST["avx2"] == {
         **NONE, "sliced_weight_gradient_convs": ("conv1", "conv2", "conv3")}
-    # oneDNN's weight gradients beat the slices on AVX-512; on AVX2 its kernels doubled TensorFlow's step
+    # oneDNN's convolutions beat the slices on AVX-512; on AVX2 its kernels doubled TensorFlow's step
     # over Eigen's, which XLA's convolutions are. An ARM CPU keeps XLA's.
     onednn_forms = {**NONE, "onednn_convs": ONEDNN_CONVS}
     assert FORMS_ONEDNN["avx512", False] == FORMS_ONEDNN["avx512", True] == FORMS_ONEDNN["avx2", True] == onednn_forms
@@ -116,7 +116,7 @@ def test_config_and_saved_file_are_the_original(tmp_path):
     assert result.stdout.split() == ["Conv2D", "valid", "MaxPooling2D"]
 
 
-# Every form speed_up offers: the ones chosen on the CPUs measured (oneDNN's weight gradients on AVX-512;
+# Every form speed_up offers: the ones chosen on the CPUs measured (oneDNN's convolutions on x86 with AVX2;
 # XLA's convolutions with the pools' mask gradient, where XLA:CPU's setting is in force; the matmul forms
 # elsewhere), and conv1's SAME form (studied,
 # and what AVX-512 hosts ran until the matmul form was measured there).
