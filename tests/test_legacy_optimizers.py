@@ -387,3 +387,12 @@ def test_newer_tf_keras_optimizers_load_as_keras_3s_own(name, arguments, tf_kera
     train(model, BATCHES[SAVED_STEPS:SAVED_STEPS + MORE_STEPS])
     train(ours, BATCHES[SAVED_STEPS:SAVED_STEPS + MORE_STEPS])
     assert_weights_close(weights_by_name(ours), weights_by_name(model))
+
+
+@pytest.mark.filterwarnings("error")  # a value no float32 holds used to overflow the cast, with a RuntimeWarning
+@pytest.mark.parametrize("stored,meant", [(0.8999999761581421, 0.9), (0.0010000000474974513, 0.001), (0.9, 0.9),
+                                          (1e300, 1e300), (-1e39, -1e39), (float("inf"), float("inf"))])
+def test_keras2_float32_settings_give_back_the_number_meant(stored, meant):
+    from mnist_multibackend.legacy.optimizer import _as_float32_value
+
+    assert _as_float32_value(stored) == meant

@@ -40,11 +40,16 @@ NEUTRAL_OPTIMIZER_OPTIONS = {
 }
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # a Python float: against an np.float32, 1e300 would be cast
+
+
 def _as_float32_value(value: float) -> float:
     """Keras 2 stored lr and betas in float32 (0.8999999761581421); give back the number that was meant (0.9)."""
     value = float(value)
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        return value  # no float32 holds it, so Keras 2 did not write it as one (and the cast would overflow)
     single = np.float32(value)
-    return float(str(single)) if float(single) == value and np.isfinite(single) else value
+    return float(str(single)) if float(single) == value else value
 
 
 def _epsilon(value) -> float:
