@@ -2,7 +2,8 @@
 
 Markers: ``@pytest.mark.tensorflow`` / ``@pytest.mark.jax`` run a test only on
 that backend; unmarked tests run on every backend. ``@pytest.mark.slow`` marks
-the long ones.
+the long trainings and benchmark runs, which ``tox`` leaves out unless given
+pytest arguments (``tox -- tests`` runs everything).
 """
 
 import os

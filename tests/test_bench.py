@@ -196,6 +196,7 @@ def test_bench_rejects_a_bad_batch_size(tmp_path):
     assert result.returncode == 2 and "must be at least 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_data_parallel_worker_measures_two_replicas(mnist_dir):
     """The replica axis: a worker with two logical CPU devices trains on the backend's own engine."""
     import os

@@ -73,6 +73,7 @@ def test_model_trained_here_predicts_the_same_on_the_other_backend(trained_run, 
     np.testing.assert_allclose(here, there, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fixed_seed_repeats_the_run(tmp_path, mnist_dir):
     runs = []
     for name in ("a", "b"):

@@ -29,6 +29,7 @@ def test_fashion_mnist_loads_like_mnist(fashion_dir, mnist):
     assert not np.array_equal(fashion.x_test[:100], mnist.x_test[:100])
 
 
+@pytest.mark.slow
 def test_the_same_command_trains_and_predicts_on_fashion_mnist(fashion_dir, tmp_path):
     out = tmp_path / "fashion"
     result = cli("train", "--data", fashion_dir, "--epochs", 1, "--batch-size", 16, "--limit", 2000, "--seed", 0,

@@ -22,6 +22,7 @@ def bfloat16_run(tmp_path_factory, mnist_dir):
     return out, result
 
 
+@pytest.mark.slow
 def test_the_saved_model_is_float32_and_scores_as_reported(bfloat16_run, mnist):
     out, result = bfloat16_run
     metrics = json.loads((out / "metrics.json").read_text())

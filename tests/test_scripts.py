@@ -35,6 +35,7 @@ def test_every_script_is_valid_shell(script):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_reproduce_original_trains_with_the_original_recipe(mnist_dir, tmp_path):
     out = tmp_path / "original"
     result = run_script("reproduce-original.sh", BACKEND, out, "--epochs", 1, "--limit", 256, "--no-validate",
@@ -45,6 +46,7 @@ def test_reproduce_original_trains_with_the_original_recipe(mnist_dir, tmp_path)
     assert (metrics["recipe"], metrics["seed"], metrics["backend"]) == ("original", 2017, BACKEND)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_writes_both_tables(mnist_dir, tmp_path):
     result = run_script("time-to-accuracy.sh", tmp_path, "--backends", BACKEND, "--runs", 1, "--epochs", 1,
                         "--limit", 256, mnist_dir=mnist_dir)

@@ -41,6 +41,7 @@ def test_time_to_accuracy_runs_in_rounds_of_every_backend_and_recipe():
                                 (1, "jax", "fast"), (1, "jax", "original")]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_command_writes_its_results(tmp_path, mnist_dir):
     result = cli("time-to-accuracy", "--backends", BACKEND, "--recipes", "fast", "--runs", 1, "--epochs", 1,
                  "--limit", 256, "--data", mnist_dir, "--out", tmp_path)
@@ -57,6 +58,7 @@ def test_time_to_accuracy_command_writes_its_results(tmp_path, mnist_dir):
     assert results["command"] in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_in_bfloat16_says_so_and_scores_the_float32_copy(tmp_path, mnist_dir):
     result = cli("time-to-accuracy", "--backends", BACKEND, "--runs", 1, "--epochs", 1, "--limit", 256,
                  "--precision", "bfloat16", "--data", mnist_dir, "--out", tmp_path)
@@ -143,6 +145,7 @@ def test_onednn_verbose_lines_sum_per_primitive_pass_and_shape():
     assert rows[0]["problem"].startswith("mb128_ic32oc32") and rows[0]["implementation"] == "jit:avx2"
 
 
+@pytest.mark.slow
 @pytest.mark.tensorflow
 def test_tf_raw_variants_times_each_variant_and_profiles_onednn(tmp_path):
     command = [sys.executable, "-m", "benchmarks.tf_raw_variants", "--variants", "nhwc,nchw-fused", "--steps", "2",
