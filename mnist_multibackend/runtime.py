@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shlex
 import sys
 
 from . import xla_cpu_flags
@@ -374,9 +375,13 @@ def cpu_line(host: dict) -> str:
     xla = host.get("xla_cpu_convolutions")  # None: recorded before the choice existed, or no JAX started
     xla = None if xla is None else "XLA convolutions off YNNPACK" if xla["in_force"] else "XLA convolutions on YNNPACK"
     jax_onednn = host.get("jax_onednn")  # None: not used, or recorded before it existed
-    jax_onednn = jax_onednn and f"JAX convolutions by oneDNN {jax_onednn}"
+    isa = host.get(ONEDNN_ISA_VARIABLE)  # the same variable holds back this oneDNN's kernels too
+    jax_onednn = jax_onednn and f"JAX convolutions by oneDNN {jax_onednn}" + \
+        (f" ({ONEDNN_ISA_VARIABLE}={isa})" if isa else "")
+    users_xla = host.get("xla_flags")  # the user's own XLA_FLAGS in the JAX process; None: not recorded
+    users_xla = users_xla and "XLA_FLAGS=" + shlex.join(users_xla)
     return f"{host.get('cpu')} (features: {named}), {host.get('cores')} cores" + \
-        "".join(f", {part}" for part in (onednn, malloc, xla, jax_onednn) if part)
+        "".join(f", {part}" for part in (onednn, malloc, xla, users_xla, jax_onednn) if part)
 
 
 def machine() -> dict:
@@ -389,7 +394,8 @@ def machine() -> dict:
     xla = None if decision is None else {"decision": decision, "in_force": xla_cpu_flags.in_force()}
     # The load average says whether other work shared the cores during a measurement.
     return {"cpu": cpu, "cpu_features": cpu_features(cpuinfo or ""), **onednn_state(), "malloc": allocator_state(),
-            "xla_cpu_convolutions": xla, "jax_onednn": None if decision is None else jax_onednn_in_training(),
+            "xla_cpu_convolutions": xla, "xla_flags": None if decision is None else xla_cpu_flags.users_flags(),
+            "jax_onednn": None if decision is None else jax_onednn_in_training(),
             "cores": os.cpu_count(),
             "system": platform.platform(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
@@ -406,7 +412,7 @@ def jax_onednn_in_training() -> str | None:
 def results_machine(hosts: list[dict]) -> dict:
     """The machine of a results file, from its workers' records (``hosts``, without load averages):
     the first one's, with TensorFlow's oneDNN state from a worker that loaded TensorFlow, and JAX's
-    settings (malloc, XLA's convolutions, oneDNN) from a worker that started JAX."""
+    settings (malloc, XLA's convolutions, the user's XLA flags, oneDNN) from a worker that started JAX."""
     if not hosts:
         return {k: v for k, v in machine().items() if k != "load_average_1min"}
     host = dict(hosts[0])
@@ -415,5 +421,7 @@ def results_machine(hosts: list[dict]) -> dict:
         host.update({key: tensorflow.get(key) for key in ("tensorflow_onednn", ONEDNN_VARIABLE, ONEDNN_ISA_VARIABLE)})
     jax = next((h for h in hosts if h.get("xla_cpu_convolutions") is not None), None)
     if jax is not None:
-        host.update({key: jax.get(key) for key in ("malloc", "xla_cpu_convolutions", "jax_onednn")})
+        host.update({key: jax.get(key) for key in ("malloc", "xla_cpu_convolutions", "xla_flags", "jax_onednn")})
+        if host.get(ONEDNN_ISA_VARIABLE) is None:  # no TensorFlow worker: the JAX one says what held oneDNN back
+            host[ONEDNN_ISA_VARIABLE] = jax.get(ONEDNN_ISA_VARIABLE)
     return host

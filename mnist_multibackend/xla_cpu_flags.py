@@ -106,6 +106,18 @@ def state() -> str | None:
     return _state["decision"]
 
 
+def users_flags(xla_flags: str | None = None) -> list[str]:
+    """The flags in ``XLA_FLAGS`` (default: this process's) other than the one ``apply`` added: the user's own,
+    which change what XLA compiles (``--xla_cpu_max_isa=AVX2``), so results files record them."""
+    try:
+        words = shlex.split(os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags)
+    except ValueError:  # unbalanced quotes: kept whole, as the user wrote them
+        return [os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags]
+    if _state["decision"] == "set" and SETTING in words:
+        words.remove(SETTING)
+    return words
+
+
 def in_force(xla_flags: str | None = None) -> bool:
     """Whether XLA compiles this process's convolutions off YNNPACK's single-convolution path:
     ``XLA_FLAGS`` (default: this process's) removes that fusion type, and was read after it was set."""

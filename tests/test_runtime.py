@@ -109,3 +109,9 @@ def test_results_files_name_jaxs_settings_from_a_jax_worker():
     assert cpu_line(results_machine([tensorflow_host, jax_host])) == cpu_line(results_machine([jax_host, tensorflow_host])) == expected
     assert cpu_line(results_machine([tensorflow_host])) == \
         "AMD EPYC (features: avx2, fma), 2 cores, TensorFlow oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)"
+    # the user's own XLA flags and oneDNN's kernels held back change JAX's figures too, so the line says so
+    held = {**jax_host, "xla_flags": ["--xla_cpu_max_isa=AVX2"], "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert cpu_line(results_machine([held])) == "AMD EPYC (features: avx2, fma), 2 cores, malloc keeps freed memory, " \
+        "XLA convolutions off YNNPACK, XLA_FLAGS=--xla_cpu_max_isa=AVX2, " \
+        "JAX convolutions by oneDNN 3.2.0 (ONEDNN_MAX_CPU_ISA=AVX2)"
+    assert "XLA_FLAGS" not in cpu_line(results_machine([{**jax_host, "xla_flags": []}]))

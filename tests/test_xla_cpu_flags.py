@@ -102,3 +102,13 @@ def test_a_users_own_fusion_setting_wins_and_the_forms_follow_it():
     assert child["decision"] == "user's setting" and child["xla_flags"] == user
     assert child["in_force"] is False and child["ynn_convolution"] is True
     assert child["matmul_convs"] == ["conv0", "conv1", "conv2", "conv3"]  # the matmul forms, faster there
+
+
+def test_users_flags_are_the_xla_flags_besides_the_projects_setting(monkeypatch):
+    monkeypatch.setitem(xla_cpu_flags._state, "decision", "set")
+    assert xla_cpu_flags.users_flags(f"--xla_cpu_max_isa=AVX2 {xla_cpu_flags.SETTING}") == ["--xla_cpu_max_isa=AVX2"]
+    assert xla_cpu_flags.users_flags(xla_cpu_flags.SETTING) == []
+    # the user's own setting of the same flag is theirs, and recorded
+    monkeypatch.setitem(xla_cpu_flags._state, "decision", "user's setting")
+    assert xla_cpu_flags.users_flags(xla_cpu_flags.SETTING) == [xla_cpu_flags.SETTING]
+    assert xla_cpu_flags.users_flags("--xla_dump_to='/tmp/a b'") == ["--xla_dump_to=/tmp/a b"]
