@@ -422,6 +422,4 @@ def results_machine(hosts: list[dict]) -> dict:
     jax = next((h for h in hosts if h.get("xla_cpu_convolutions") is not None), None)
     if jax is not None:
         host.update({key: jax.get(key) for key in ("malloc", "xla_cpu_convolutions", "xla_flags", "jax_onednn")})
-        if host.get(ONEDNN_ISA_VARIABLE) is None:  # no TensorFlow worker: the JAX one says what held oneDNN back
-            host[ONEDNN_ISA_VARIABLE] = jax.get(ONEDNN_ISA_VARIABLE)
     return host

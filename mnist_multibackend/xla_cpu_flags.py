@@ -109,10 +109,11 @@ def state() -> str | None:
 def users_flags(xla_flags: str | None = None) -> list[str]:
     """The flags in ``XLA_FLAGS`` (default: this process's) other than the one ``apply`` added: the user's own,
     which change what XLA compiles (``--xla_cpu_max_isa=AVX2``), so results files record them."""
+    text = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
     try:
-        words = shlex.split(os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags)
+        words = shlex.split(text)
     except ValueError:  # unbalanced quotes: kept whole, as the user wrote them
-        return [os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags]
+        return [text]
     if _state["decision"] == "set" and SETTING in words:
         words.remove(SETTING)
     return words
