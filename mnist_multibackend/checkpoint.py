@@ -14,6 +14,11 @@ each epoch's weights to a new file and then commits them by atomically replacing
 epoch's logs and training seconds (for ``history.csv``), the random generators' states,
 and the settings that a resumed run must share.
 
+This module is the checkpoint folder without Keras: the committed state, read and
+checked, and the decision to resume it or refuse the folder (``resolve``), which the
+command line makes before a backend starts. The callback that writes and restores it
+is ``callbacks.TrainingCheckpoint``.
+
 A resumed run continues with the saved weights, optimizer state, dropout seeds and
 Python's and NumPy's generators. On JAX, Keras shuffles the training images with
 NumPy's generator, so a resumed seeded run repeats the uninterrupted one exactly
@@ -24,20 +29,14 @@ the epoch number alone, so the resumed run draws what the interrupted one would 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
-import random
 import re
-import sys
 from pathlib import Path
 
-import keras
-import numpy as np
-
-from . import keras_private
-from .atomic import atomic_path, write_text
 from .errors import InputError, first_line
-from .legacy.safety import check_h5_file
 
 CHECKPOINT_FILE = "checkpoint.json"
 _WEIGHTS_NAME = re.compile(r"epoch-(\d{4,})\.weights\.h5")
@@ -47,127 +46,75 @@ def weights_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}.weights.h5"
 
 
-class TrainingCheckpoint(keras_private.BackupAndRestoreHooks):
-    """Save the training state into ``directory`` at every epoch end; restore it when ``fit`` starts.
+def resumable_settings(config, dataset) -> dict:
+    """What a resumed run must share with the interrupted one (the data by content, not by path);
+    ``config`` a ``recipes.TrainConfig``, ``dataset`` a ``data.Dataset`` as trained (after ``--limit``)."""
+    digest = hashlib.sha256(dataset.x_train.tobytes())
+    digest.update(dataset.y_train.tobytes())
+    return {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate, "seed": config.seed, "validate": config.validate,
+            "train_images": len(dataset.x_train), "train_data_sha256": digest.hexdigest()[:16]}
 
-    ``settings`` (JSON-able) describe the run; a resumed run must have the same.
-    ``epoch_seconds`` is the list an ``EpochTimer`` fills, read at each epoch end.
-    After ``resolve(resume)``, ``history`` and ``epoch_seconds`` hold every epoch
-    so far, restored ones included.
-    """
 
-    def __init__(self, directory, settings: dict, epoch_seconds: list[float]):
-        super().__init__(backup_dir=str(directory), save_freq="epoch", delete_checkpoint=False)
-        self.directory = Path(directory)
-        self.settings = settings
-        self._timer_seconds = epoch_seconds
-        self.state: dict | None = None
-        self.resumed_after_epoch = 0
-        self.history: dict[str, list[float]] = {}
-        self.epoch_seconds: list[float] = []
+@dataclasses.dataclass
+class Resumption:
+    """What ``resolve`` found: the committed state (``None``: start at epoch 1), and the epochs it holds."""
+
+    state: dict | None = None
+    history: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
 
     @property
-    def state_file(self) -> Path:
-        return self.directory / CHECKPOINT_FILE
+    def epochs_done(self) -> int:
+        return self.state["epoch"] if self.state else 0
 
-    def resolve(self, resume: bool) -> None:
-        """Read an existing checkpoint and decide: continue it (``resume``) or refuse to overwrite it."""
-        if self.directory.exists() and not self.directory.is_dir():
-            raise InputError(self.directory, "is not a directory (--checkpoint-dir needs a folder)")
-        self.state = read_state(self.state_file)
-        self._refuse_foreign_weights()
-        if self.state is None:
-            if resume:
-                print(f"no checkpoint in {self.directory} yet: starting at epoch 1", file=sys.stderr)
-            return
-        done, total = self.state["epoch"], self.state["settings"].get("epochs")
-        if not resume:
-            raise InputError(self.directory, f"holds the checkpoint of an unfinished run (epoch {done} of "
-                                             f"{total} done); add --resume to continue it, or remove the folder "
-                                             "to start afresh")
-        differences = [f"{key} {self.state['settings'].get(key)!r} there, {value!r} now"
-                       for key, value in self.settings.items() if self.state["settings"].get(key) != value]
-        if differences:
-            raise InputError(self.state_file, "saved by a run with other settings (" + "; ".join(differences)
-                             + "); resume with the same ones")
-        self.resumed_after_epoch = done
-        self.history = {key: list(values) for key, values in self.state["history"].items()}
-        self.epoch_seconds = list(self.state["epoch_seconds"])
-        print(f"resuming from {self.state_file}: epoch {done} of {total} done", file=sys.stderr)
 
-    def _refuse_foreign_weights(self) -> None:
-        """Refuse a folder holding a weights file that this run would overwrite and no checkpoint names.
+def resolve(directory, settings: dict, resume: bool) -> Resumption:
+    """Read the checkpoint in ``directory`` and decide: continue it (``resume``) or refuse to overwrite it.
 
-        ``epoch-N+1`` beside a checkpoint of epoch N is this checkpoint's own, written just before a
-        kill that came ahead of its commit: the resumed run writes it again.
-        """
-        if not self.directory.is_dir():
-            return
-        done = self.state["epoch"] if self.state else 0
-        ours = set(self.state.get("files", [])) if self.state else set()
-        if self.state:
-            ours |= {self.state["weights"], weights_name(done + 1)}
-        for path in sorted(self.directory.iterdir()):
-            match = _WEIGHTS_NAME.fullmatch(path.name)
-            if match and path.name not in ours and done < int(match.group(1)) <= self.settings.get("epochs", 0):
-                raise InputError(path, "was not written by this folder's checkpoint, and this run would overwrite "
-                                       "it; move it away or choose another --checkpoint-dir")
+    ``settings`` (``resumable_settings``) must be those the checkpoint was saved with.
+    Refuses, in one line, a folder that is a file, a damaged checkpoint, an unfinished
+    run without ``resume``, other settings, and a weights file this run would overwrite.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(directory, "is not a directory (--checkpoint-dir needs a folder)")
+    state_file = directory / CHECKPOINT_FILE
+    state = read_state(state_file)
+    _refuse_foreign_weights(directory, state, settings.get("epochs", 0))
+    if state is None:
+        return Resumption()
+    done, total = state["epoch"], state["settings"].get("epochs")
+    if not resume:
+        raise InputError(directory, f"holds the checkpoint of an unfinished run (epoch {done} of "
+                                    f"{total} done); add --resume to continue it, or remove the folder "
+                                    "to start afresh")
+    differences = [f"{key} {state['settings'].get(key)!r} there, {value!r} now"
+                   for key, value in settings.items() if state["settings"].get(key) != value]
+    if differences:
+        raise InputError(state_file, "saved by a run with other settings (" + "; ".join(differences)
+                         + "); resume with the same ones")
+    return Resumption(state, {key: list(values) for key, values in state["history"].items()},
+                      list(state["epoch_seconds"]))
 
-    # ---------------------------------------------------------------- Keras's hooks
 
-    def restore(self):
-        if self.state is None:
-            return
-        # Point Keras's own loader at the committed files: it builds the optimizer, loads the
-        # weights and optimizer variables, and sets the epoch that fit() starts from.
-        weights_path = self.directory / self.state["weights"]
-        # The weights file is untrusted like any other HDF5 file: links, external storage and sizes
-        # beyond this model's are refused before Keras reads a byte (outside the try: its own line).
-        check_h5_file(weights_path, expected_parameters=self.model.count_params())
-        try:
-            self.load_backup(weights_path, self.state_file)
-        except Exception as err:  # noqa: BLE001 - whatever Keras or h5py raise, the file is unusable
-            detail = first_line(err)
-            raise InputError(weights_path, f"not a readable checkpoint ({detail})") from None
-        _set_random_state(self.model, self.state["random"], self.state_file)
+def _refuse_foreign_weights(directory: Path, state: dict | None, epochs: int) -> None:
+    """Refuse a folder holding a weights file that this run would overwrite and no checkpoint names.
 
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        self.epoch_seconds.append(self._timer_seconds[-1])
-        super().on_epoch_end(epoch, logs)  # calls backup
-
-    def backup(self):
-        epoch = self.epochs_done  # epochs completed, counted from 1
-        weights = weights_name(epoch)
-        with atomic_path(self.directory / weights) as tmp:
-            self.model.save_weights(tmp)
-        # "files": every weights file this checkpoint wrote and has not deleted yet, so that a kill
-        # between this commit and the deletions below leaves nothing unnamed behind.
-        earlier = [] if self.state is None else [self.state["weights"], *self.state.get("files", [])]
-        self.state = {"epoch": epoch, "weights": weights, "files": list(dict.fromkeys([weights, *earlier])),
-                      "settings": self.settings, "history": self.history, "epoch_seconds": self.epoch_seconds,
-                      "random": _random_state(self.model)}
-        write_text(self.state_file, json.dumps(self.state) + "\n")  # the commit point
-        for name in self.state["files"][1:]:
-            (self.directory / name).unlink(missing_ok=True)
-        self.state["files"] = [weights]
-
-    def remove(self) -> None:
-        """Delete this checkpoint's files (only those its state names), and the folder if that leaves it empty."""
-        names = set(self.state.get("files", [])) | {self.state["weights"]} if self.state else set()
-        self.state_file.unlink(missing_ok=True)  # first: without it the weights are no checkpoint
-        for name in names:
-            (self.directory / name).unlink(missing_ok=True)
-            # a killed write's temporary file: atomic_path names it .NAME.RANDOM.tmp.h5
-            for tmp in self.directory.glob(f".{name}.*.tmp.h5"):
-                tmp.unlink(missing_ok=True)
-        for tmp in self.directory.glob(f".{CHECKPOINT_FILE}.*.tmp.json"):
-            tmp.unlink(missing_ok=True)
-        try:
-            self.directory.rmdir()
-        except OSError:
-            pass  # holds other files, or is gone already
+    ``epoch-N+1`` beside a checkpoint of epoch N is this checkpoint's own, written just before a
+    kill that came ahead of its commit: the resumed run writes it again.
+    """
+    if not directory.is_dir():
+        return
+    done = state["epoch"] if state else 0
+    ours = set(state.get("files", [])) if state else set()
+    if state:
+        ours |= {state["weights"], weights_name(done + 1)}
+    for path in sorted(directory.iterdir()):
+        match = _WEIGHTS_NAME.fullmatch(path.name)
+        if match and path.name not in ours and done < int(match.group(1)) <= epochs:
+            raise InputError(path, "was not written by this folder's checkpoint, and this run would overwrite "
+                                   "it; move it away or choose another --checkpoint-dir")
 
 
 def read_state(path: Path) -> dict | None:
@@ -257,29 +204,3 @@ def _random_problem(saved) -> str | None:
     except (KeyError, TypeError, ValueError):
         return "random is not the generators' saved states"
     return None
-
-
-# --------------------------------------------------------------------------- random generators
-
-def _random_state(model: keras.Model) -> dict:
-    version, mersenne, gauss = random.getstate()
-    name, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
-    seeds = keras_private.seed_generator_states(model)
-    return {"python": [version, list(mersenne), gauss],
-            "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached_gauss)],
-            "seed_generators": [keras.ops.convert_to_numpy(v.value).tolist() for v in seeds]}
-
-
-def _set_random_state(model: keras.Model, state: dict, source: Path) -> None:
-    try:
-        version, mersenne, gauss = state["python"]
-        random.setstate((version, tuple(mersenne), gauss))
-        name, keys, position, has_gauss, cached_gauss = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, np.uint32), position, has_gauss, cached_gauss))
-        variables = keras_private.seed_generator_states(model)
-        if len(variables) != len(state["seed_generators"]):
-            raise ValueError(f"{len(state['seed_generators'])} seed generators saved, the model has {len(variables)}")
-        for variable, value in zip(variables, state["seed_generators"]):
-            variable.assign(np.asarray(value, dtype=variable.dtype))
-    except (KeyError, TypeError, ValueError, OverflowError) as err:
-        raise InputError(source, f"not a valid checkpoint: bad random state ({first_line(err, 200)})") from None

@@ -268,12 +268,18 @@ def run_train(args) -> int:
     config.check()  # before the backend starts: a bad flag or an unwritable --out costs no wait
     from . import interrupts
 
+    dataset = _local_data(config.data)  # and bad data
+    if config.checkpoint_dir and dataset is not None:  # and a checkpoint that cannot be resumed or overwritten
+        from .checkpoint import resolve, resumable_settings
+
+        resolve(config.checkpoint_dir, resumable_settings(config, dataset.limit(config.limit)), config.resume)
+
     interrupts.set_hint(lambda: _resume_hint(args, config) if config.checkpoint_dir
                         else f"{config.out} was not written")
     runtime = _start(args, announce=True)
     from .training import train
 
-    metrics = train(config, runtime)
+    metrics = train(config, runtime, dataset=dataset)
     where = f"{runtime.backend}/{runtime.device}" + (f" x{metrics['replicas']}" if config.distribute else "")
     if metrics["processes"] > 1:
         where += f", process {metrics['process_index']} of {metrics['processes']}"
@@ -325,12 +331,24 @@ def _test_data(flag: str | None, model) -> str | None:
     return recorded
 
 
+def _local_data(source):
+    """The data ``source`` names, loaded before the backend starts so that bad data costs no wait;
+    ``None`` when only Keras's download has it."""
+    from .data import load_local_dataset
+
+    return load_local_dataset(source)
+
+
 def run_evaluate(args) -> int:
-    data = _test_data(args.data, args.model)
+    from .model_files import check_model_file
+
+    check_model_file(args.model)  # before the backend starts: a bad file costs no wait
+    source = _test_data(args.data, args.model)
+    dataset = _local_data(source)
     runtime = _start(args)
     from .evaluation import evaluate  # refuses a model that is not a 10-class 28x28 classifier
 
-    print(json.dumps(evaluate(args.model, data, runtime)))
+    print(json.dumps(evaluate(args.model, source, runtime, dataset=dataset)))
     return 0
 
 
@@ -350,10 +368,15 @@ def run_legacy(args) -> int:
     if args.legacy_command == "import" and not args.out.endswith(".keras"):
         raise InputError(args.out, "--out must name a .keras file")
     from .atomic import check_file_target
+    from .model_files import check_legacy_sources, check_model_file
 
     outputs = [args.out] if args.legacy_command == "import" else [args.h5, args.yaml, args.weights]
     for output in filter(None, outputs):
         check_file_target(output)  # before the backend starts and the model loads
+    if args.legacy_command == "export":  # the files as far as no Keras is needed, before the backend starts
+        check_model_file(args.model)
+    else:
+        check_legacy_sources(args.source, args.weights)
     runtime = _start(args)
     from . import legacy
     from .atomic import atomic_path
@@ -421,7 +444,10 @@ def run_doctor(args) -> int:
 def run_predict(args) -> int:
     from .predict import format_predictions, load_inputs
 
+    from .model_files import check_model_file
+
     images, names = load_inputs(args.inputs, args.invert)  # every input is checked before a backend starts
+    check_model_file(args.model)  # and the model file, as far as no Keras is needed
     _start(args)
     from .loading import load_saved_model
     from .predict import check_classifier, predict_digits
@@ -434,16 +460,14 @@ def run_predict(args) -> int:
 
 
 def run_report(args) -> int:
-    if args.out:
-        from .atomic import check_folder_target
+    from .report import check_inputs, write_report
 
-        check_folder_target(args.out)  # the default one is checked by write_report, before scoring
-    target = Path(args.target)
-    data = _test_data(args.data, target / "model.keras" if target.is_dir() else target)
+    model, _, _ = check_inputs(args.target, args.out)  # before the backend starts: a bad target costs no wait
+    source = _test_data(args.data, model)
+    dataset = _local_data(source)
     _start(args)
-    from .report import write_report
 
-    _print_report(write_report(args.target, data, args.out))
+    _print_report(write_report(args.target, source, args.out, dataset=dataset))
     return 0
 
 

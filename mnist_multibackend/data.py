@@ -749,13 +749,9 @@ def keras_cache_file() -> Path:
     return home / "datasets" / "mnist.npz"
 
 
-def load_dataset(path=None, download: bool = True) -> Dataset:
-    """Load MNIST from, in order: ``path``, ``$MNIST_DATA_DIR``, Keras's cache, Keras's download.
-
-    The download needs Keras imported with a chosen backend; it is the last
-    resort and its failure (no network) becomes one line that says how to
-    provide the data instead.
-    """
+def load_local_dataset(path=None) -> Dataset | None:
+    """MNIST from ``path``, else ``$MNIST_DATA_DIR``, else Keras's cache; ``None`` when only Keras's download
+    is left. Needs no Keras: the command line loads the data so before a backend starts."""
     if path:
         return load_path(path)
     if os.environ.get(ENV_VAR):
@@ -763,6 +759,19 @@ def load_dataset(path=None, download: bool = True) -> Dataset:
     cached = keras_cache_file()
     if cached.is_file():
         return load_npz(cached)
+    return None
+
+
+def load_dataset(path=None, download: bool = True) -> Dataset:
+    """Load MNIST from, in order: ``path``, ``$MNIST_DATA_DIR``, Keras's cache, Keras's download.
+
+    The download needs Keras imported with a chosen backend; it is the last
+    resort and its failure (no network) becomes one line that says how to
+    provide the data instead.
+    """
+    found = load_local_dataset(path)
+    if found is not None:
+        return found
     reason = "download disabled"
     if download:
         try:

@@ -23,16 +23,18 @@ def score(model: keras.Model, dataset: data.Dataset) -> tuple[float, float]:
     return float(loss), float(accuracy)
 
 
-def evaluate(model_path, data_path=None, runtime: Runtime | None = None) -> dict:
+def evaluate(model_path, data_path=None, runtime: Runtime | None = None, dataset: data.Dataset | None = None) -> dict:
     """Score a saved model on the MNIST test set: ``accuracy``, ``loss`` and what ran it.
 
     The score is the project's (categorical cross-entropy and accuracy), whatever
     the file's training config says: only the architecture and weights are loaded.
+    ``dataset``: the data ``data_path`` names, when the caller has loaded it already.
     """
     model = load_saved_model(model_path, compile=False)
     check_classifier(model, model_path)  # before compiling or loading any data, as predict and report do
     compile_model(model)
-    dataset = data.load_dataset(data_path)
+    if dataset is None:
+        dataset = data.load_dataset(data_path)
     loss, accuracy = score(model, dataset)
     return {"model": str(model_path), "accuracy": accuracy, "loss": loss,
             "test_images": len(dataset.x_test), "backend": keras.backend.backend(),

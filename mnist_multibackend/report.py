@@ -1,6 +1,7 @@
 """Pictures of a trained model: training curves, the test-set confusion matrix, the digits it gets wrong.
 
-Import this module only after ``runtime.start()`` has chosen the backend. Figures are
+``write_report`` needs the backend started (``runtime.start()``); ``check_inputs``, which it
+calls first, does not, so the command line refuses a bad target before a backend starts. Figures are
 drawn by matplotlib's Agg renderer straight into PNG files (no display, no pyplot state).
 """
 
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 from . import data
 from .atomic import atomic_path, check_folder_target, write_text
 from .errors import InputError
-from .loading import load_saved_model
+from .model_files import check_model_file
 from .predict import check_classifier, predict_digits
 
 CURVES_FILE = "training-curves.png"
@@ -162,21 +163,33 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, probabilities: np
 
 # --------------------------------------------------------------------------- the whole report
 
-def write_report(target, data_path=None, out=None) -> dict:
-    """Score ``target`` (a run folder or a model file) on the test set and write the report's files.
+def check_inputs(target, out=None) -> tuple[Path, dict | None, Path]:
+    """What ``write_report`` reads and writes, checked without Keras: ``(model file, history or None,
+    output folder)``. A run folder without a model, a damaged history or model file, and an output
+    folder that cannot be written are refused here, before any scoring."""
+    model_path, history_path, default_out = locate(target)
+    out = Path(out) if out else default_out
+    check_folder_target(out)
+    history = read_history(history_path) if history_path else None
+    check_model_file(model_path)
+    return model_path, history, out
+
+
+def write_report(target, data_path=None, out=None, dataset: data.Dataset | None = None) -> dict:
+    """Score ``target`` (a run folder or a model file) on the test set and write the report's files;
+    ``dataset``: the data ``data_path`` names, when the caller has loaded it already.
 
     Returns what was found and written: ``accuracy``, ``mistakes``, ``test_images``, ``files``.
     """
-    model_path, history_path, default_out = locate(target)
-    check_folder_target(Path(out) if out else default_out)  # before scoring
-    history = read_history(history_path) if history_path else None
+    from .loading import load_saved_model  # imports Keras: only once the backend is chosen
+
+    model_path, history, out = check_inputs(target, out)
     model = load_saved_model(model_path, compile=False)  # scoring needs no optimizer
     check_classifier(model, model_path)
-    test = data.load_dataset(data_path)
+    test = dataset if dataset is not None else data.load_dataset(data_path)
     probabilities = predict_digits(model, test.x_test)
     matrix = confusion_matrix(test.y_test, probabilities.argmax(axis=1))
 
-    out = Path(out) if out else default_out
     files = []
     if history is not None:
         plot_training_curves(history, out / CURVES_FILE)

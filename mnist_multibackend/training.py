@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import time
@@ -40,18 +39,22 @@ from .runtime import Runtime, keras_config, machine, make_deterministic
 STEPS_PER_EXECUTION = {"tensorflow": 32, "jax": 1}
 
 
-def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
+def train(config: TrainConfig, runtime: Runtime, callbacks=(), dataset: data.Dataset | None = None) -> dict:
     """Train the model as ``config`` says, write the run folder, and return its metrics.
 
-    In a multi-process run every process trains and returns the metrics; only
+    ``dataset``: the data ``config.data`` names, when the caller has loaded it
+    already (the command line does, before the backend starts). In a
+    multi-process run every process trains and returns the metrics; only
     process 0 writes the run folder.
     """
     config.check()
-    started = time.perf_counter()  # data loading and compilation count: they are part of the wait
+    started = time.perf_counter()  # data loading (unless the caller did it) and compilation count: part of the wait
     if config.seed is not None:
         make_deterministic(config.seed, runtime.backend)
     replicas = data_parallel(runtime) if config.distribute else Replicas()
-    dataset = data.load_dataset(config.data).limit(config.limit)
+    if dataset is None:
+        dataset = data.load_dataset(config.data)
+    dataset = dataset.limit(config.limit)
     x_train, y_train = data.as_model_input(dataset.x_train), data.one_hot(dataset.y_train)
     x_test, y_test = data.as_model_input(dataset.x_test), data.one_hot(dataset.y_test)
     x_train, y_train, batch_size = replicas.local_share(x_train, y_train, config.batch_size)
@@ -81,9 +84,10 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=()) -> dict:
         feed = {"x": x_train, "y": y_train, "batch_size": batch_size}
     checkpoint = None
     if config.checkpoint_dir:
-        from .checkpoint import TrainingCheckpoint
+        from .callbacks import TrainingCheckpoint
+        from .checkpoint import resumable_settings
 
-        checkpoint = TrainingCheckpoint(config.checkpoint_dir, _resumable_settings(config, dataset), timer.seconds)
+        checkpoint = TrainingCheckpoint(config.checkpoint_dir, resumable_settings(config, dataset), timer.seconds)
         checkpoint.resolve(config.resume)
         callbacks = [checkpoint, *callbacks]  # after the timer: it reads the epoch's seconds
     with replicas.scope():
@@ -163,15 +167,6 @@ def speed_up(model: keras.Model) -> list[str]:
     """Faster forms of the same math for training on this backend's CPU, rebound on ``model``'s layers (their
     configs and saved files unchanged); returns the layers' names. JAX: ``jax_cpu``; TensorFlow: ``tf_cpu``."""
     return jax_cpu.speed_up(model) + tf_cpu.speed_up(model)
-
-
-def _resumable_settings(config: TrainConfig, dataset: data.Dataset) -> dict:
-    """What a resumed run must share with the interrupted one (the data by content, not by path)."""
-    digest = hashlib.sha256(dataset.x_train.tobytes())
-    digest.update(dataset.y_train.tobytes())
-    return {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-            "seed": config.seed, "validate": config.validate, "train_images": len(dataset.x_train),
-            "train_data_sha256": digest.hexdigest()[:16]}
 
 
 def time_to_accuracy(accuracies, elapsed_seconds, target: float = TARGET_ACCURACY) -> dict:

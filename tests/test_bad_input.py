@@ -147,6 +147,9 @@ class Case:
     #              {seed}: the original's Keras 2 files
     files: dict  # what the case's folder holds: name -> bytes, text (formatted like args), FOLDER or MODEL
     expect: tuple  # fragments of the one error line; the first names the file
+    # Only Keras can tell what is wrong (a config's classes or parameters, a weight's shape, a model's
+    # outputs); every other case is refused before a backend starts, without importing one.
+    needs_keras: bool = False
 
 
 # ---------------------------------------------------------------- hostile Keras 2 and .keras files (issue 12)
@@ -392,11 +395,12 @@ BAD_INPUT = [
          ("model.h5", "its datasets declare more than 2,147,483,648 bytes in all", "MAX_H5_DATA_BYTES")),
     Case("an .h5 whose weight declares a huge shape", ("predict", "{tmp}/model.h5", "{tmp}/digit.png"),
          {"model.h5": _keras2_h5(weights=_huge_kernel), "digit.png": _png(DIGIT)},
-         ("model.h5", "dense/dense/kernel:0 has shape (268435456,); sequential/dense/kernel has (784, 10)")),
+         ("model.h5", "dense/dense/kernel:0 has shape (268435456,); sequential/dense/kernel has (784, 10)"),
+         needs_keras=True),
     Case("an .h5 whose config asks for 250,000 units", ("evaluate", "{tmp}/model.h5", "--data", "{mnist}"),
          {"model.h5": _keras2_h5(config=_wide_config())},
          ("model.h5", "the model asks for 196,250,000 parameters; more than 50,000,000 is refused",
-          "MAX_PARAMETERS")),
+          "MAX_PARAMETERS"), needs_keras=True),
     Case("an .h5 whose model_config is 3 MB", ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
          {"model.h5": _big_model_config()},
          ("model.h5", "attribute 'model_config' is 3,", "more than 2,097,152 bytes is refused", "MAX_CONFIG_BYTES")),
@@ -405,9 +409,9 @@ BAD_INPUT = [
          {"model.yaml": "class_name: Sequential\nconfig: []\n" + "#" * (3 * 2**20)},
          ("model.yaml", "is 3,145,", "more than 2,097,152 bytes is refused", "MAX_CONFIG_BYTES")),
     Case("a YAML config asking for 250,000 units",
-         ("legacy", "import", "{tmp}/model.yaml", "--weights", "{tmp}/w.h5", "--out", "{tmp}/m.keras"),
-         {"model.yaml": json.dumps(_wide_config()).encode(), "w.h5": b""},
-         ("model.yaml", "asks for 196,250,000 parameters")),
+         ("legacy", "import", "{tmp}/model.yaml", "--weights", "{seed}/MNIST_keras_w_CNN.h5", "--out", "{tmp}/m.keras"),
+         {"model.yaml": json.dumps(_wide_config()).encode()},
+         ("model.yaml", "asks for 196,250,000 parameters"), needs_keras=True),
     Case("a .keras whose config.json is a compressed 64 MiB", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
          {"model.keras": _keras_zip({"metadata.json": "{}", "config.json": 64 * 2**20}, compression=8)},
          ("model.keras", "member config.json expands", "decompression bomb")),
@@ -461,7 +465,7 @@ BAD_INPUT = [
     Case("a weights file the checkpoint did not write", TRAIN + ("--checkpoint-dir", "{tmp}/ck"),
          {"ck/epoch-0001.weights.h5": b"someone else's"}, ("epoch-0001.weights.h5", "was not written by this")),
     Case("a model that is not a digit classifier (evaluate)", ("evaluate", "{tmp}/model.keras", "--data", "{mnist}"),
-         {"model.keras": _not_a_classifier()}, ("model.keras", "not a digit classifier")),
+         {"model.keras": _not_a_classifier()}, ("model.keras", "not a digit classifier"), needs_keras=True),
     # --- hostile and huge data files (issue 12)
     Case("a gzip bomb: an IDX header of 4,000,000 images over 1 GiB of zeros", PREDICT + ("{tmp}/digits.idx.gz",),
          {"digits.idx.gz": lambda: _gzip_of_zeros(_idx_header((4_000_000, 28, 28)), 1024)},
@@ -543,13 +547,37 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, trained
             path.write_bytes(content())
         else:
             path.write_bytes(content)
-    _assert_refused([str(a).format(**places) for a in case.args], tmp_path, case.expect)
+    _assert_refused([str(a).format(**places) for a in case.args], tmp_path, case.expect,
+                    backend_stand_ins=None if case.needs_keras else request.getfixturevalue("backend_stand_ins"))
 
 
-def _assert_refused(args, tmp_path, expect):
-    """Run ``mnist-mb ARGS``: exit 2, one line, no traceback, bounded memory, nothing written in ``tmp_path``."""
+@pytest.fixture(scope="session")
+def backend_stand_ins(tmp_path_factory):
+    """A folder of stand-in ``keras``, ``tensorflow`` and ``jax`` packages that record any import of them
+    (in the file ``imported``) and refuse it: on the path, a command must get by without a backend."""
+    folder = tmp_path_factory.mktemp("stand-ins")
+    for name in ("keras", "tensorflow", "jax"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(
+            "import pathlib, traceback\n"
+            "with open(pathlib.Path(__file__).parents[1] / 'imported', 'a') as f:\n"
+            f"    f.write('{name} imported by\\n' + ''.join(traceback.format_stack()))\n"
+            f"raise ImportError('{name}: a stand-in')\n")
+    return folder
+
+
+def _assert_refused(args, tmp_path, expect, backend_stand_ins=None):
+    """Run ``mnist-mb ARGS``: exit 2, one line, no traceback, bounded memory, nothing written in ``tmp_path``;
+    with ``backend_stand_ins``, without importing Keras or a backend."""
     before = _snapshot(tmp_path)
-    result, peak_mib = cli_peak_rss(*args)
+    env = None
+    if backend_stand_ins:
+        (backend_stand_ins / "imported").unlink(missing_ok=True)
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(backend_stand_ins), os.environ.get("PYTHONPATH")]))}
+    result, peak_mib = cli_peak_rss(*args, env=env)
+    if backend_stand_ins:
+        imported = backend_stand_ins / "imported"
+        assert not imported.exists(), f"refused only after importing a backend: {imported.read_text()[-3000:]}"
     assert_clean_error(result, *expect)
     assert peak_mib < PEAK_MEMORY_MIB, f"peak memory {peak_mib:.0f} MiB"
     assert result.stdout == ""
@@ -583,11 +611,12 @@ SPECIAL_FILES = [
 
 
 @pytest.mark.parametrize("name,make,args,expect", SPECIAL_FILES, ids=[case[0] for case in SPECIAL_FILES])
-def test_special_and_huge_files_are_one_line_exit_2(name, make, args, expect, tmp_path, trained_run):
+def test_special_and_huge_files_are_one_line_exit_2(name, make, args, expect, tmp_path, trained_run,
+                                                    backend_stand_ins):
     if make is not None:
         make[1](tmp_path / make[0])
     places = {"tmp": tmp_path, "model": trained_run[0] / "model.keras", "mnist": None}
-    _assert_refused([str(a).format(**places) for a in args], tmp_path, expect)
+    _assert_refused([str(a).format(**places) for a in args], tmp_path, expect, backend_stand_ins)
 
 
 # ---------------------------------------------------------------- fuzzing the parsers

@@ -19,7 +19,8 @@ from .. import keras_private
 from . import recurrent
 from ..errors import InputError, first_line
 from .numerics import KERAS2_ACTIVATIONS
-from .safety import BUILTIN_CLASSES, check_config_classes, parse_json, parse_keras2_yaml
+from .classes import BUILTIN_CLASSES, check_config_classes
+from .safety import parse_json, parse_keras2_yaml
 from .weights import KERNEL_CONVENTION
 
 # ---------------------------------------------------------------------------

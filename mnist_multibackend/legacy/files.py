@@ -13,10 +13,11 @@ import keras
 
 from ..atomic import atomic_path, write_text
 from ..errors import InputError
+from ..model_files import check_legacy_sources
 from .architecture import (keras2_model_config, model_from_json, model_from_keras2_config, model_from_yaml,
                            model_to_yaml)
 from .optimizer import compile_from_keras2, keras2_training_config, restore_optimizer_state, write_optimizer_state
-from .safety import get_group, open_h5, parse_json, read_text_attribute, read_text_file
+from .safety import full_model_configs, get_group, open_h5, read_text_file
 from .weights import KERNEL_CONVENTION, load_weights_h5, read_weights_group, save_weights_h5, write_weights_group
 
 # The file names the original project wrote, and `mnist-mb train --legacy-artifacts` writes again.
@@ -47,15 +48,7 @@ def load_legacy_h5(path, compile: bool = True) -> keras.Model:
     Raises ``InputError`` (one line naming the file) for anything that is not such a file.
     """
     with open_h5(path) as f:
-        if "model_config" not in f.attrs:
-            hint = (": it holds weights only; pair it with the architecture YAML (load_weights_h5, or "
-                    "mnist-mb legacy import ARCH.yaml --weights FILE)"
-                    if "layer_names" in f.attrs else "")
-            raise InputError(path, f"no model_config attribute, so not a Keras 2 full-model file{hint}")
-        model_config = parse_json(read_text_attribute(f, "model_config", path), path, "model_config")
-        training_config = None
-        if compile and "training_config" in f.attrs:
-            training_config = parse_json(read_text_attribute(f, "training_config", path), path, "training_config")
+        model_config, training_config = full_model_configs(f, path, compile)
         model = model_from_keras2_config(model_config, path)
         if "model_weights" not in f or not isinstance(f["model_weights"], h5py.Group):
             raise InputError(path, "no model_weights group")
@@ -97,15 +90,10 @@ def import_legacy(source, weights=None) -> keras.Model:
     """A model from Keras 2 files: a full-model ``.h5``, or an architecture ``.yaml``/``.json`` with a weights
     ``.h5``."""
     source = Path(source)
+    check_legacy_sources(source, weights)  # the flags, and the files as far as no Keras is needed
     architecture = ARCHITECTURE_READERS.get(source.suffix.lower())
     if architecture is not None:
-        if weights is None:
-            raise InputError(source, f"a {source.suffix[1:].upper()} file holds the architecture only; give its "
-                                     "weights with --weights")
         return load_weights_h5(architecture(source), weights)
-    if weights is not None:
-        raise InputError(weights, "--weights goes with a YAML or JSON architecture; a full-model .h5 has its own "
-                                  "weights")
     return load_legacy_h5(source)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 
 from ..errors import InputError
+from ..model_files import check_keras_archive
 from .architecture import model_from_keras2_config
 from .files import load_legacy_h5, load_yaml_file
 from .optimizer import ITERATIONS
@@ -175,9 +176,9 @@ def _text_facts(path: Path, kind: str) -> dict:
 
 
 def _keras_archive_facts(path: Path) -> dict:
-    from ..loading import check_keras_archive  # loading imports this package; it is needed only here
+    from ..loading import count_keras_parameters  # loading imports this package; it is needed only here
 
-    check_keras_archive(path)  # caps every member's size before one is read
+    check_keras_archive(path, count_keras_parameters)  # caps every member's size before one is read
     with zipfile.ZipFile(path) as archive:
         metadata = {}
         if KERAS_METADATA in archive.namelist():

@@ -1,9 +1,13 @@
-"""What an untrusted Keras 2 file may name, and how its text and HDF5 are opened.
+"""How untrusted model files are opened and parsed: text, YAML, JSON and HDF5, capped in size.
 
-Class names are resolved only among Keras's own built-in classes (never
-``Lambda``, custom objects or code); YAML is parsed by a ``SafeLoader`` that
-knows only ``!!python/tuple`` and ``!!python/unicode``; structures are capped in
-size; and any problem is one ``InputError`` line.
+YAML is parsed by a ``SafeLoader`` that knows only ``!!python/tuple`` and
+``!!python/unicode``; HDF5 files are walked for links and external storage
+before any data is read; structures are capped in size; and any problem is one
+``InputError`` line. What a file may *name* (Keras's built-in classes only) is
+``classes``'s.
+
+This module imports no Keras, so the command line runs its checks before a
+backend starts: a bad file is refused at once, not after seconds of start-up.
 """
 
 from __future__ import annotations
@@ -15,100 +19,12 @@ import re
 from pathlib import Path
 
 import h5py
-import keras
 import numpy as np
 import yaml
 
 from ..errors import InputError, first_line
-from .recurrent import CUDNN_EQUIVALENTS
 
-# ---------------------------------------------------------------------------
-# Which classes a file may name
-# ---------------------------------------------------------------------------
-
-# Built-in layers that run code from the file or from outside Keras.
-CODE_LAYERS = frozenset({"Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper", "Layer"})
-# "module" values a Keras 3 or tf_keras config may carry next to a class name.
-KERAS_MODULES = frozenset({"keras", "keras.layers", "keras.models", "keras.initializers", "keras.regularizers",
-                           "keras.constraints", "keras.dtype_policies",
-                           # tf_keras's to_json() names its own module for a nested functional model
-                           "tf_keras.src.engine.functional"})
-# Keras 2 layers that Keras 3 lacks: the architecture reader rewrites these into Keras 3 ones ...
-KERAS2_REWRITTEN_CLASSES = frozenset({"ThresholdedReLU", *CUDNN_EQUIVALENTS})
-# ... and refuses these, saying why.
-KERAS2_REMOVED_CLASSES = {
-    "LocallyConnected1D": "Keras 3 removed it", "LocallyConnected2D": "Keras 3 removed it",
-    "DenseFeatures": "it reads TensorFlow feature columns, which Keras 3 does not have",
-    "RandomHeight": "Keras 3 removed it", "RandomWidth": "Keras 3 removed it",
-    "RadialConstraint": "Keras 3 removed it",
-}
-# Markers inside Keras 3 configs that name no class.
-CONFIG_MARKERS = frozenset({"__keras_tensor__"})
 MAX_CONFIG_NODES = 1_000_000  # YAML aliases can make a small file a huge (or cyclic) structure
-
-
-def _builtin_class_names() -> frozenset:
-    names = {"Model", "Functional", "Sequential"}
-    for module, base in ((keras.layers, keras.layers.Layer), (keras.initializers, keras.initializers.Initializer),
-                         (keras.regularizers, keras.regularizers.Regularizer),
-                         (keras.constraints, keras.constraints.Constraint),
-                         (keras.dtype_policies, keras.dtype_policies.DTypePolicy)):
-        for name in dir(module):
-            obj = getattr(module, name)
-            if isinstance(obj, type) and issubclass(obj, base) and obj.__module__.startswith("keras."):
-                names.add(name)
-    return frozenset(names - CODE_LAYERS)
-
-
-BUILTIN_CLASSES = _builtin_class_names()
-
-
-def check_config_classes(config, source) -> None:
-    """Refuse a config that names anything but Keras's own built-in classes.
-
-    Walks every nested dict and list; raises ``InputError`` naming the layer
-    and the first class that is not a built-in layer, initializer,
-    regularizer, constraint or dtype policy (``Lambda`` and custom objects are
-    refused). Nothing is imported or built here.
-    """
-    budget = [MAX_CONFIG_NODES]
-
-    def visit(node, where):
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise InputError(source, "model configuration is too large or refers to itself")
-        if isinstance(node, dict):
-            if "class_name" in node:
-                config = node["config"] if isinstance(node.get("config"), dict) else {}
-                label = node.get("name", config.get("name"))  # layers carry a name; initializers do not
-                if isinstance(label, str):
-                    where = f"layer {label!r}"
-                _check_class(node, where, source)
-            for value in node.values():
-                visit(value, where)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                visit(value, where)
-
-    try:
-        visit(config, "the model")
-    except RecursionError:
-        raise InputError(source, "model configuration is nested too deeply or refers to itself") from None
-
-
-def _check_class(node: dict, where: str, source) -> None:
-    name = node["class_name"]
-    if isinstance(name, str) and name in KERAS2_REMOVED_CLASSES:
-        raise InputError(source, f"{where} is a Keras 2 {name}, which does not load: {KERAS2_REMOVED_CLASSES[name]}")
-    if not isinstance(name, str) or name not in BUILTIN_CLASSES | CONFIG_MARKERS | KERAS2_REWRITTEN_CLASSES:
-        raise InputError(source, f"{where} names class {name!r}, which is not one of Keras's built-in classes; "
-                                 "only those load (no Lambda, custom objects or code)")
-    module = node.get("module")
-    if module is not None and module not in KERAS_MODULES:
-        raise InputError(source, f"{where} takes {name!r} from module {module!r}; only Keras's own classes load")
-    if node.get("registered_name") not in (None, name):
-        raise InputError(source, f"{where} names the registered object {node['registered_name']!r}; "
-                                 "custom objects do not load")
 
 
 # ---------------------------------------------------------------------------
@@ -540,3 +456,19 @@ def read_text_attribute(obj, name: str, source, limit: int | None = None) -> str
         raise InputError(source, f"attribute {name!r} is {len(value):,} characters; a model description of more "
                                  f"than {limit:,} bytes is refused ({RAISE_HINT.format('MAX_CONFIG_BYTES')})")
     return value
+
+
+def full_model_configs(f: h5py.File, source, compile: bool = True) -> tuple:
+    """``(model_config, training_config)`` of a Keras 2 ``model.save()`` file (opened with ``open_h5``),
+    parsed; ``training_config`` is ``None`` when the file has none or ``compile`` is off.
+    ``InputError`` for a file that is no such file (a weights-only file says so)."""
+    if "model_config" not in f.attrs:
+        hint = (": it holds weights only; pair it with the architecture YAML (load_weights_h5, or "
+                "mnist-mb legacy import ARCH.yaml --weights FILE)"
+                if "layer_names" in f.attrs else "")
+        raise InputError(source, f"no model_config attribute, so not a Keras 2 full-model file{hint}")
+    model_config = parse_json(read_text_attribute(f, "model_config", source), source, "model_config")
+    training_config = None
+    if compile and "training_config" in f.attrs:
+        training_config = parse_json(read_text_attribute(f, "training_config", source), source, "training_config")
+    return model_config, training_config
