@@ -28,6 +28,13 @@ Each name, what it is needed for, and why no public API serves:
   no memory), then forgetting those variables, so that the next stateless scope
   does not allocate them after all; in ``legacy.architecture``. No public API
   builds a model without allocating its weights.
+- ``keras.src.initializers.random_initializers.RandomInitializer`` and the backend
+  variable's ``_initialize_with_initializer``. Building a model
+  whose every weight is then read from a file with placeholder zeros for the random
+  initial values (``weights_from_a_file``), in ``loading`` and ``legacy.files``: on
+  JAX each random initializer compiles an XLA program per shape, 2-4 s of every
+  load of this CNN for values thrown away. No public API builds a model without
+  drawing its initial values.
 - The per-weight state lists of the built-in optimizers (``Adam._momentums``,
   ``_velocities``, ``_velocity_hats``; ``RMSprop._average_gradients``;
   ``Adagrad._accumulators``; ``Adadelta._accumulated_grads``,
@@ -43,10 +50,10 @@ Each name, what it is needed for, and why no public API serves:
 - ``BackupAndRestore._load_model`` and ``_save_model`` (the hooks it calls),
   ``_weights_path``, ``_training_metadata_path``, ``_current_epoch``. Atomic
   per-epoch checkpoints that still use Keras's own restore and epoch hand-over,
-  in ``checkpoint``. No public hook exists.
+  in ``callbacks.TrainingCheckpoint``. No public hook exists.
 - The ``SeedGenerator`` states (dropout's) are the ``model.variables`` that are
   not ``model.weights``: public names, undocumented behaviour. Saving and
-  restoring the dropout seeds, in ``checkpoint``.
+  restoring the dropout seeds, in ``callbacks.TrainingCheckpoint``.
 - JAX backend: ``model._get_jax_state``. The state tuple ``model.train_step``
   takes on JAX, in ``benchmarks/profile_jax.py`` and
   ``benchmarks/jax_cpu_remedies.py`` (``jax_train_state``).
@@ -62,6 +69,7 @@ Import this module only after ``runtime.start()`` has chosen the backend.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -77,6 +85,7 @@ CHECKED_ON = ("3.15.1",)
 _LEGACY_H5 = "keras.src.legacy.saving.legacy_h5_format"
 _SERIALIZATION = "keras.src.saving.serialization_lib"
 _GLOBAL_STATE = "keras.src.backend.common.global_state"
+_RANDOM_INITIALIZERS = "keras.src.initializers.random_initializers"
 
 
 class KerasPrivateError(RuntimeError):
@@ -137,6 +146,41 @@ def count_unallocated_parameters(build) -> int:
         return sum(math.prod(weight.shape) for weight in model.weights)
     finally:
         set_("uninitialized_variables", before)
+
+
+# --------------------------------------------------------------------------- models whose weights come from a file
+
+@contextlib.contextmanager
+def weights_from_a_file():
+    """Inside, a variable whose initializer draws random numbers starts as zeros made by NumPy instead.
+
+    For building a model whose every weight is then read from a file (the
+    readers check that each one is): the random values would be thrown away,
+    and on JAX drawing them compiles an XLA program per shape. Variables with
+    other initializers (zeros, ones, a dropout layer's seed) start as usual.
+    Not thread-safe: it swaps a method of the backend's variable class.
+    """
+    random_initializer = _private(_RANDOM_INITIALIZERS, "RandomInitializer")
+    variable_class = keras.Variable
+    original = _attribute(variable_class, "_initialize_with_initializer")
+
+    def zeros(shape, dtype=None):
+        return np.zeros(shape, np.dtype(dtype))
+
+    def initialize(variable, initializer):
+        try:
+            numpy_knows_the_dtype = bool(np.dtype(variable.dtype))
+        except TypeError:  # bfloat16, which NumPy does not know by name: draw the values after all
+            numpy_knows_the_dtype = False
+        if isinstance(initializer, random_initializer) and numpy_knows_the_dtype:
+            initializer = zeros
+        return original(variable, initializer)
+
+    variable_class._initialize_with_initializer = initialize
+    try:
+        yield
+    finally:
+        variable_class._initialize_with_initializer = original
 
 
 # --------------------------------------------------------------------------- Adam state
@@ -348,6 +392,19 @@ def _built(optimizer, variables):
     return optimizer
 
 
+def _check_weights_from_a_file() -> None:
+    with weights_from_a_file():
+        layer = keras.layers.Dense(3, kernel_initializer="glorot_uniform", bias_initializer="ones")
+        layer.build((None, 2))
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+    if kernel.any() or not (bias == 1).all():
+        raise KerasPrivateError("weights_from_a_file no longer replaces random initial values, and only those")
+    after = keras.layers.Dense(3, kernel_initializer="glorot_uniform")
+    after.build((None, 2))
+    if not keras.ops.convert_to_numpy(after.kernel).any():
+        raise KerasPrivateError("weights_from_a_file left its placeholder initial values in place after it ended")
+
+
 def _check_backup_and_restore() -> None:
     hooks = ("_load_model", "_save_model")
     attributes = ("_weights_path", "_training_metadata_path", "_current_epoch")
@@ -393,7 +450,7 @@ def _check_tensorflow_onednn() -> None:
 CHECKS = {"legacy HDF5 groups": _check_h5_functions, "SafeModeScope": _check_safe_mode,
           "unallocated builds": _check_unallocated_parameters,
           "Adam slots": _check_adam_slots, "optimizer slots": _check_optimizer_slots,
-          "BackupAndRestore hooks": _check_backup_and_restore,
+          "BackupAndRestore hooks": _check_backup_and_restore, "weights from a file": _check_weights_from_a_file,
           "seed generator states": _check_seed_generator_states, "JAX train state": _check_jax_state,
           "TensorFlow oneDNN state": _check_tensorflow_onednn}
 

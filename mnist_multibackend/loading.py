@@ -53,7 +53,8 @@ def load_saved_model(path, compile: bool = True) -> keras.Model:
         return load_legacy_h5(path, compile=compile)  # it checks the file first, as check_model_file does
     check_model_file(path, count_keras_parameters)  # the weights may declare no more than the config's parameters need
     try:
-        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+        with keras_private.weights_from_a_file():  # Keras loads every weight, or raises
+            model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - whatever Keras raises, the file is not a usable model
         detail = first_line(err)
         raise InputError(path, f"not a loadable Keras model ({detail})") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import keras
 
+from .. import keras_private
 from ..atomic import atomic_path, write_text
 from ..errors import InputError
 from ..model_files import check_legacy_sources
@@ -49,7 +50,8 @@ def load_legacy_h5(path, compile: bool = True) -> keras.Model:
     """
     with open_h5(path) as f:
         model_config, training_config = full_model_configs(f, path, compile)
-        model = model_from_keras2_config(model_config, path)
+        with keras_private.weights_from_a_file():  # read_weights_group below sets every weight
+            model = model_from_keras2_config(model_config, path)
         if "model_weights" not in f or not isinstance(f["model_weights"], h5py.Group):
             raise InputError(path, "no model_weights group")
         read_weights_group(f["model_weights"], model, path)
@@ -93,7 +95,9 @@ def import_legacy(source, weights=None) -> keras.Model:
     check_legacy_sources(source, weights)  # the flags, and the files as far as no Keras is needed
     architecture = ARCHITECTURE_READERS.get(source.suffix.lower())
     if architecture is not None:
-        return load_weights_h5(architecture(source), weights)
+        with keras_private.weights_from_a_file():  # load_weights_h5 sets every weight, or refuses the file
+            model = architecture(source)
+        return load_weights_h5(model, weights)
     return load_legacy_h5(source)
 
 
