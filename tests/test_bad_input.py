@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import RANDOM_STATE, SHARED, assert_clean_error, cli_peak_rss, missing
-from mnist_multibackend import checkpoint, data, predict, report
+from mnist_multibackend import checkpoint, data, model_files, predict, report
 from mnist_multibackend.errors import InputError
 
 
@@ -879,8 +879,38 @@ def test_mutated_keras2_h5_files_load_or_are_refused_cleanly(tmp_path, changes):
                 change(f)
             except (KeyError, ValueError, TypeError, OSError):  # a change the file's present form does not allow
                 pass
+    checked = _read_clean(path, model_files.check_model_file)
     model = _read_clean(path, legacy.load_legacy_h5)
     assert model is None or model.count_params() > 0
+    assert checked is not None or model is None  # the check before the backend is never stricter than loading
+
+
+@FUZZ
+@given(content=st.binary(max_size=300), suffix=st.sampled_from([".h5", ".hdf5", ".keras", ".yaml", ".json", ".pt"]))
+def test_random_bytes_as_model_files_are_refused_cleanly_without_keras(tmp_path, content, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(content)
+    assert _read_clean(path, model_files.check_model_file) is None
+    weights = path if suffix in (".yaml", ".json") else None
+    _read_clean(path, lambda p: model_files.check_legacy_sources(p, weights))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.one_of(st.none(), st.integers(0, 2**23)),
+       flips=st.lists(st.tuples(st.integers(-2**23, 2**23), st.integers(1, 255)), max_size=4))
+def test_damaged_keras_files_are_refused_cleanly_and_never_only_before_the_backend(tmp_path, trained_run, cut, flips):
+    """Bytes flipped anywhere (a negative place counts from the end, where the zip directory is) and the
+    file cut short: a clean refusal or a model; what the check before the backend refuses never loads."""
+    from mnist_multibackend.loading import load_saved_model
+
+    content = bytearray((trained_run[0] / "model.keras").read_bytes())
+    for at, mask in flips:
+        content[at % len(content)] ^= mask
+    path = tmp_path / "model.keras"
+    path.write_bytes(bytes(content[:cut]))
+    checked = _read_clean(path, model_files.check_model_file)
+    model = _read_clean(path, lambda p: load_saved_model(p, compile=False))
+    assert checked is not None or model is None  # the check before the backend is never stricter than loading
 
 
 def _yaml_mutations():
