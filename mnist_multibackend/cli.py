@@ -354,6 +354,9 @@ def run_evaluate(args) -> int:
 
 def run_legacy(args) -> int:
     if args.legacy_command == "inspect":
+        from .model_files import check_inspectable
+
+        check_inspectable(args.file)  # before the backend starts: a missing or damaged file costs no wait
         _start(args)
         from .legacy.inspection import format_inspection, inspect_model_file
 

@@ -67,10 +67,26 @@ def check_legacy_sources(source, weights=None) -> None:
         return
     if weights is None:
         raise InputError(source, f"a {form} file holds the architecture only; give its weights with --weights")
-    text = read_text_file(source)
-    parse_json(text, source, "the architecture") if form == "JSON" else parse_keras2_yaml(text, source)
+    check_inspectable(source)
     with open_h5(weights):
         pass
+
+
+def check_inspectable(path) -> Path:
+    """Refuse, without Keras, a file that ``legacy inspect`` could not report on: missing, disguised or
+    damaged, whatever its kind (``.keras``, a Keras 2 model or weights ``.h5``, a ``.yaml``/``.json``
+    architecture). Returns the path."""
+    path = existing_file(path)
+    form = ARCHITECTURE_SUFFIXES.get(path.suffix.lower())
+    if path.suffix.lower() == ".keras":
+        check_keras_archive(path)
+    elif form is not None:
+        text = read_text_file(path)
+        parse_json(text, path, "the architecture") if form == "JSON" else parse_keras2_yaml(text, path)
+    else:
+        with open_h5(path):
+            pass
+    return path
 
 
 def check_keras_archive(path, count_parameters=None) -> None:
