@@ -74,6 +74,7 @@ import importlib
 import math
 import os
 import tempfile
+import threading
 
 import keras
 import numpy as np
@@ -150,6 +151,12 @@ def count_unallocated_parameters(build) -> int:
 
 # --------------------------------------------------------------------------- models whose weights come from a file
 
+# The swapped method serves every thread; only threads inside weights_from_a_file() get placeholders.
+_PLACEHOLDERS = threading.local()
+_SWAP_LOCK = threading.Lock()
+_swap = {"users": 0, "original": None}
+
+
 @contextlib.contextmanager
 def weights_from_a_file():
     """Inside, a variable whose initializer draws random numbers starts as zeros made by NumPy instead.
@@ -157,30 +164,44 @@ def weights_from_a_file():
     For building a model whose every weight is then read from a file (the
     readers check that each one is): the random values would be thrown away,
     and on JAX drawing them compiles an XLA program per shape. Variables with
-    other initializers (zeros, ones, a dropout layer's seed) start as usual.
-    Not thread-safe: it swaps a method of the backend's variable class.
+    other initializers (zeros, ones, a dropout layer's seed) start as usual, and
+    so does every variable another thread makes meanwhile.
     """
     random_initializer = _private(_RANDOM_INITIALIZERS, "RandomInitializer")
     variable_class = keras.Variable
-    original = _attribute(variable_class, "_initialize_with_initializer")
+    with _SWAP_LOCK:
+        if _swap["users"] == 0:
+            original = _attribute(variable_class, "_initialize_with_initializer")
 
-    def zeros(shape, dtype=None):
-        return np.zeros(shape, np.dtype(dtype))
+            def initialize(variable, initializer):
+                if getattr(_PLACEHOLDERS, "depth", 0) and isinstance(initializer, random_initializer) \
+                        and _numpy_dtype(variable.dtype) is not None:
+                    initializer = _zeros
+                return original(variable, initializer)
 
-    def initialize(variable, initializer):
-        try:
-            numpy_knows_the_dtype = bool(np.dtype(variable.dtype))
-        except TypeError:  # bfloat16, which NumPy does not know by name: draw the values after all
-            numpy_knows_the_dtype = False
-        if isinstance(initializer, random_initializer) and numpy_knows_the_dtype:
-            initializer = zeros
-        return original(variable, initializer)
-
-    variable_class._initialize_with_initializer = initialize
+            _swap["original"] = original
+            variable_class._initialize_with_initializer = initialize
+        _swap["users"] += 1
+    _PLACEHOLDERS.depth = getattr(_PLACEHOLDERS, "depth", 0) + 1
     try:
         yield
     finally:
-        variable_class._initialize_with_initializer = original
+        _PLACEHOLDERS.depth -= 1
+        with _SWAP_LOCK:
+            _swap["users"] -= 1
+            if _swap["users"] == 0:
+                variable_class._initialize_with_initializer = _swap["original"]
+
+
+def _numpy_dtype(name):
+    try:
+        return np.dtype(name)
+    except TypeError:  # bfloat16, which NumPy does not know by name: its values are drawn after all
+        return None
+
+
+def _zeros(shape, dtype=None):
+    return np.zeros(shape, _numpy_dtype(dtype))
 
 
 # --------------------------------------------------------------------------- Adam state

@@ -62,6 +62,27 @@ def test_the_h5_attribute_writer_splits_long_lists_that_the_reader_joins(tmp_pat
         assert legacy.safety.read_names(f, "layer_names", "names.h5") == names
 
 
+def test_placeholder_initial_values_stay_in_their_scope_and_thread():
+    import threading
+
+    def kernel_of_a_new_dense():
+        layer = keras.layers.Dense(3, kernel_initializer="glorot_uniform", bias_initializer="ones")
+        layer.build((None, 2))
+        return keras.ops.convert_to_numpy(layer.kernel), keras.ops.convert_to_numpy(layer.bias)
+
+    other = {}
+    with keras_private.weights_from_a_file():
+        with keras_private.weights_from_a_file():  # nested: the outer scope still holds afterwards
+            pass
+        thread = threading.Thread(target=lambda: other.update(kernel=kernel_of_a_new_dense()[0]))
+        thread.start()
+        thread.join()
+        inside, bias = kernel_of_a_new_dense()
+    after, _ = kernel_of_a_new_dense()
+    assert not inside.any() and (bias == 1).all()  # random values replaced; ones kept
+    assert other["kernel"].any() and after.any()  # another thread, and after the scope: drawn as usual
+
+
 def test_unallocated_builds_count_parameters_and_allocate_nothing():
     before = len(keras.src.backend.common.global_state.get_global_attribute("uninitialized_variables", None) or [])
     count = keras_private.count_unallocated_parameters(lambda: keras.Sequential(
