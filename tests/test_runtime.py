@@ -36,17 +36,33 @@ def test_backend_flag_overrides_the_environment(seed_dir, mnist_dir):
     assert json.loads(result.stdout)["backend"] == OTHER_BACKEND
 
 
-def test_verbose_names_the_backend_before_a_file_error(tmp_path):
-    result = cli("evaluate", tmp_path / "none.keras", "--backend", OTHER_BACKEND, "--verbose", backend=BACKEND)
+def _not_a_digit_classifier(folder):
+    """A real .keras file that only Keras can refuse (after the backend starts): it scores 4 numbers, not digits."""
+    import keras
+
+    path = folder / "small.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
+    return path
+
+
+def test_verbose_names_the_backend_before_an_error_found_after_it_starts(tmp_path):
+    model = _not_a_digit_classifier(tmp_path)
+    result = cli("evaluate", model, "--backend", OTHER_BACKEND, "--verbose", backend=BACKEND)
     assert f"backend {OTHER_BACKEND}" in result.stderr
+    assert_clean_error(result, "small.keras", "not a digit classifier")
+
+
+def test_a_missing_file_is_refused_before_the_backend_starts(tmp_path):
+    result = cli("evaluate", tmp_path / "none.keras", "--verbose")
     assert_clean_error(result, "none.keras", "no such file")
+    assert f"backend {BACKEND}" not in result.stderr  # --verbose names the backend once it has started
 
 
 def test_gpu_request_without_a_gpu_names_backend_and_extra(tmp_path):
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has an NVIDIA GPU: the no-GPU path cannot be shown here")
     extra = {"tensorflow": "tensorflow-gpu", "jax": "jax-gpu"}[BACKEND]
-    result = cli("evaluate", tmp_path / "none.keras", "--device", "gpu")
+    result = cli("evaluate", _not_a_digit_classifier(tmp_path), "--device", "gpu")
     assert_clean_error(result, f"the {BACKEND} backend sees no GPU", f"mnist-multibackend[{extra}]")
 
 
