@@ -445,9 +445,8 @@ def run_doctor(args) -> int:
 
 
 def run_predict(args) -> int:
-    from .predict import format_predictions, load_inputs
-
     from .model_files import check_model_file
+    from .predict import format_predictions, load_inputs
 
     images, names = load_inputs(args.inputs, args.invert)  # every input is checked before a backend starts
     check_model_file(args.model)  # and the model file, as far as no Keras is needed
