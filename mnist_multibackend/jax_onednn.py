@@ -44,7 +44,8 @@ LIBRARY = "libdnnl.so.3"
 _F32, _CPU, _CONVOLUTION_DIRECT, _FORMAT_ANY = 3, 1, 1, 1
 _FORWARD_TRAINING = 64
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 1, 17, 33, 129, 145, 161
-_QUERY_IMPL_INFO, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
+_QUERY_IMPL_INFO, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 8, 131, 132, 136
+_ARG_SCRATCHPAD, _SCRATCHPAD_MODE_USER = 80, 1
 _STREAM_IN_ORDER = 1
 _ALLOCATE = ctypes.c_void_p(2 ** 64 - 1)  # DNNL_MEMORY_ALLOCATE: the library allocates the memory itself
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
@@ -155,23 +156,30 @@ class Convolution:
         mds.append(any_weights)
         ones, zeros = _Dims(*[1] * 12), _Dims()
         geometry = (ones, zeros, zeros, zeros)  # strides, dilations (0: none), padding before and after
+        # Each primitive gets scratch memory of its own (oneDNN's "user" mode), not the library's: the library
+        # keeps one buffer per thread, sized when a primitive is created, and XLA runs the step on other threads
+        # than the one that traced it. Nearly every kernel needs some (12-156 KB for the model's AVX-512 ones);
+        # the gemm-based ones that oneDNN picks on CPUs without AVX2 failed there, or crashed the process.
+        attr = ctypes.c_void_p()
+        _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
         try:
+            _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_MODE_USER), "scratchpad mode")
             forward = descriptor()
             _check(lib.dnnl_convolution_forward_primitive_desc_create(
                 ctypes.byref(forward), engine, _FORWARD_TRAINING, _CONVOLUTION_DIRECT, images, any_weights, None,
-                outputs, *geometry, None), "convolution")
+                outputs, *geometry, attr), "convolution")
             if pass_ == "forward":
                 chosen, weights_query = forward, _QUERY_WEIGHTS_MD
             elif pass_ == "input_gradient":
                 chosen, weights_query = descriptor(), _QUERY_WEIGHTS_MD
                 _check(lib.dnnl_convolution_backward_data_primitive_desc_create(
                     ctypes.byref(chosen), engine, _CONVOLUTION_DIRECT, images, any_weights, outputs, *geometry,
-                    forward, None), "convolution input gradient")
+                    forward, attr), "convolution input gradient")
             else:
                 chosen, weights_query = descriptor(), _QUERY_DIFF_WEIGHTS_MD
                 _check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
                     ctypes.byref(chosen), engine, _CONVOLUTION_DIRECT, images, any_weights, None, outputs,
-                    *geometry, forward, None), "convolution weight gradient")
+                    *geometry, forward, attr), "convolution weight gradient")
             info = ctypes.c_char_p()
             lib.dnnl_primitive_desc_query(chosen, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
             self.implementation = (info.value or b"").decode()
@@ -181,10 +189,14 @@ class Convolution:
             reorder = descriptor()
             source, target = (blocked, hwio) if pass_ == "weight_gradient" else (hwio, blocked)
             _check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(reorder), source, engine, target, engine,
-                                                          None), "reorder")
+                                                          attr), "reorder")
             self._reorder = self._primitive(reorder)
+            self._scratch, self._reorder_scratch = (
+                self._memory(ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(pd, _QUERY_SCRATCHPAD_MD, 0)), _ALLOCATE)
+                for pd in (chosen, reorder))
             self._images, self._outputs = self._memory(images, None), self._memory(outputs, None)
         finally:
+            lib.dnnl_primitive_attr_destroy(attr)
             for md in mds:
                 lib.dnnl_memory_desc_destroy(md)
             for pd in descriptors:
@@ -202,10 +214,11 @@ class Convolution:
             self._bound = (self._images, self._outputs, self._kernel)
             self._args = (arg(_ARG_SRC, self._images), arg(_ARG_DIFF_DST, self._outputs),
                           arg(_ARG_DIFF_WEIGHTS, self._blocked))
-        self._args = (arg * 3)(*self._args)
-        self._reorder_args = (arg * 2)(*(
+        self._args = (arg * 4)(*self._args, arg(_ARG_SCRATCHPAD, self._scratch))
+        self._reorder_args = (arg * 3)(*(
             (arg(_ARG_SRC, self._blocked), arg(_ARG_DST, self._kernel)) if pass_ == "weight_gradient"
-            else (arg(_ARG_SRC, self._kernel), arg(_ARG_DST, self._blocked))))
+            else (arg(_ARG_SRC, self._kernel), arg(_ARG_DST, self._blocked))),
+            arg(_ARG_SCRATCHPAD, self._reorder_scratch))
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -235,10 +248,10 @@ class Convolution:
             for memory, address in zip(self._bound, (first, second, result)):
                 _check(lib.dnnl_memory_set_data_handle(memory, ctypes.c_void_p(address)), "data handle")
             if self.pass_ != "weight_gradient":
-                _check(lib.dnnl_primitive_execute(self._reorder, stream, 2, self._reorder_args), "reorder")
-            _check(lib.dnnl_primitive_execute(self._pass, stream, 3, self._args), "execution")
+                _check(lib.dnnl_primitive_execute(self._reorder, stream, 3, self._reorder_args), "reorder")
+            _check(lib.dnnl_primitive_execute(self._pass, stream, 4, self._args), "execution")
             if self.pass_ == "weight_gradient":
-                _check(lib.dnnl_primitive_execute(self._reorder, stream, 2, self._reorder_args), "reorder")
+                _check(lib.dnnl_primitive_execute(self._reorder, stream, 3, self._reorder_args), "reorder")
             _check(lib.dnnl_stream_wait(stream), "stream")
 
     def __call__(self, first, second):

@@ -1,5 +1,10 @@
 """oneDNN's convolutions inside JAX (jax_onednn): XLA's results for each pass, on XLA's buffers, errors as errors."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -112,3 +117,57 @@ def test_a_missing_distribution_is_no_library(monkeypatch):
     # Another distribution name, as on a machine without the wheel: no path is guessed from anywhere else.
     monkeypatch.setattr(jax_onednn, "DISTRIBUTION", "onednn-cpu-gomp-not-installed")
     assert jax_onednn.library_path() is None
+
+
+# oneDNN picks its kernels by the CPU; ONEDNN_MAX_CPU_ISA (read once, when the library loads) makes this CPU pick
+# another CPU's: gemm-based passes on an SSE4.1 or AVX CPU, jit and brgemm ones on AVX2 or AVX-512. Each needs its
+# own process. A child checks every pass inside jax.jit (XLA runs it on its own threads, not the one that made the
+# primitive) against XLA's, and reports which kernels ran.
+_UNDER_A_CAP = """
+import json, sys
+import numpy as np
+import jax
+sys.path.insert(0, sys.argv[1])
+from test_jax_onednn import SHAPES, _case, _xla_passes
+from mnist_multibackend import jax_onednn
+
+kernels, errors = set(), {}
+# conv0 and conv1 at a batch of 16, a 5x5 kernel, a 1x3 kernel on a non-square image
+cases = [((16, 28, 28, 1), (3, 3, 1, 32)), ((16, 26, 26, 32), (3, 3, 32, 32)), SHAPES[6], SHAPES[7]]
+for input_shape, kernel_shape in cases:
+    inputs, upstream = _case(input_shape, kernel_shape)
+    kernel = np.random.default_rng(1).normal(size=kernel_shape).astype("float32") / 17
+    expected = _xla_passes(inputs, kernel, upstream)
+    calls = {"forward": lambda x, k, g: jax_onednn.conv(x * 1.0, k),
+             "input_gradient": lambda x, k, g: jax_onednn.conv_input_gradient(g * 1.0, k, x.shape),
+             "weight_gradient": lambda x, k, g: jax_onednn.conv_weight_gradient(x * 1.0, g, k.shape)}
+    for pass_, call in calls.items():
+        actual = np.asarray(jax.jit(call)(inputs, kernel, upstream))
+        scale = np.abs(expected[pass_]).max()
+        errors[f"{pass_} {input_shape} {kernel_shape}"] = float(np.abs(actual - expected[pass_]).max() / scale)
+        kernels.add(jax_onednn.convolution(pass_, tuple(input_shape), tuple(kernel_shape)).implementation)
+print(json.dumps({"kernels": sorted(kernels), "errors": errors}))
+"""
+
+# What each cap must show in the kernels' names: that the cap took effect.
+_CAPS = {"SSE41": ("gemm", "avx"), "AVX": ("gemm", "avx2"), "AVX2": ("avx2", "avx512"),
+         "AVX512_CORE": ("avx512", "amx")}
+
+
+@pytest.mark.parametrize("cap", list(_CAPS))
+def test_every_pass_on_the_kernels_of_other_cpus(cap):
+    from mnist_multibackend.runtime import cpu_features
+
+    if cap == "AVX512_CORE" and "avx512f" not in cpu_features():
+        pytest.skip("this CPU has no AVX-512 kernels to pick")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.run([sys.executable, "-c", _UNDER_A_CAP, os.path.dirname(__file__)], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.splitlines()[-1])
+    bad = {case: error for case, error in report["errors"].items() if not error < 1e-5}
+    assert not bad, (cap, report["kernels"], bad)
+    named, not_named = _CAPS[cap]
+    assert any(named in kernel for kernel in report["kernels"]), report["kernels"]
+    assert not any(not_named in kernel for kernel in report["kernels"]), report["kernels"]
+
