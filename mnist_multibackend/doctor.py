@@ -123,7 +123,8 @@ def _jax_facts() -> dict:
         "jax_platforms": os.environ.get("JAX_PLATFORMS"),
         "gpus": [str(d) for d in devices if d.platform == "gpu"],
         "onednn": {"version": jax_onednn.version(), "library": str(jax_onednn.library_path() or "") or None,
-                   "training_convolutions": list(chosen_conv_forms()["onednn_convs"])},
+                   "training_convolutions": list(chosen_conv_forms()["onednn_convs"]),
+                   "conv1_kernels": jax_onednn.kernels(), ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE)},
     }
 
 
@@ -238,7 +239,13 @@ def _jax_onednn_text(onednn: dict) -> str:
     convs = onednn["training_convolutions"]
     if not convs:
         return f"{onednn['version']}, not used on this CPU: XLA computes the convolutions"
-    return f"{onednn['version']}: {', '.join(convs)} in training, all three passes (jax_onednn)"
+    text = f"{onednn['version']}: {', '.join(convs)} in training, all three passes (jax_onednn)"
+    kernels = onednn.get("conv1_kernels")
+    if kernels:  # the kernels this CPU gets (AVX2's weight gradients ran at 0.73-0.76x AVX-512's on one CPU)
+        isa = onednn.get(ONEDNN_ISA_VARIABLE)
+        held = f", held to {isa} by {ONEDNN_ISA_VARIABLE}" if isa else ""
+        text += f"; conv1's kernels {', '.join(dict.fromkeys(kernels.values()))}{held}"
+    return text
 
 
 def _onednn_text(onednn: dict) -> str:

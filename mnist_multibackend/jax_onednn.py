@@ -290,6 +290,17 @@ def convolution(pass_: str, input_shape: tuple[int, ...], kernel_shape: tuple[in
         return None
 
 
+
+def kernels(input_shape: tuple[int, ...] = (128, 26, 26, 32),
+            kernel_shape: tuple[int, ...] = (3, 3, 32, 32)) -> dict[str, str] | None:
+    """The kernel oneDNN picks on this CPU for each pass of a convolution (by default the model's conv1 at batch
+    128, most of a training step), e.g. ``brgconv:avx2``: what its CPU dispatch, or ``ONEDNN_MAX_CPU_ISA``,
+    chose. None where oneDNN is not available."""
+    primitives = {pass_: convolution(pass_, tuple(input_shape), tuple(kernel_shape)) for pass_ in PASSES}
+    if None in primitives.values():
+        return None
+    return {pass_: primitive.implementation for pass_, primitive in primitives.items()}
+
 # --- The XLA FFI handler (xla/ffi/api/c_api.h, API version 0.1), in ctypes. ---
 
 class _ExtensionBase(ctypes.Structure):

@@ -234,6 +234,27 @@ def test_doctor_reports_the_users_onednn_choice(doctor_json):
     assert json.loads(held.stdout)["backends"]["tensorflow"]["onednn"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
+@pytest.mark.skipif(not jax_onednn.available(), reason="oneDNN is not installed here")
+def test_doctor_names_the_kernels_onednn_picks_for_jax_on_this_cpu(doctor_json):
+    kernels = doctor_json["backends"]["jax"]["onednn"]["conv1_kernels"]
+    assert sorted(kernels) == sorted(jax_onednn.PASSES)
+    # oneDNN dispatches on the CPU: its best instructions show in every kernel's name.
+    best = "avx512" if "avx512f" in cpu_features() else "avx2" if "avx2" in cpu_features() else None
+    if best and os.environ.get("ONEDNN_MAX_CPU_ISA") is None:
+        assert all(best in kernel for kernel in kernels.values()), kernels
+    if "avx2" not in cpu_features():
+        return
+    # Held to AVX2 (what an AVX2 CPU gets), whatever this CPU has; the page says so.
+    held = cli("doctor", "--backends", "jax", "--json", env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert held.returncode == 0, held.stderr[-3000:]
+    onednn = json.loads(held.stdout)["backends"]["jax"]["onednn"]
+    assert onednn["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert all("avx2" in kernel and "avx512" not in kernel for kernel in onednn["conv1_kernels"].values())
+    line = next(line for line in doctor.format_report(json.loads(held.stdout)).splitlines()
+                if line.startswith("  oneDNN") and "jax_onednn" in line)
+    assert line.endswith("held to AVX2 by ONEDNN_MAX_CPU_ISA") and "brgconv:avx2" in line
+
+
 def test_a_backend_that_cannot_import_is_a_line(tmp_path):
     fake = tmp_path / "fake" / "tensorflow"
     fake.mkdir(parents=True)
