@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, not_regular
 
 
 def _umask() -> int:
@@ -86,7 +86,15 @@ def check_file_target(final) -> None:
     final = Path(final)
     if final.is_dir():
         raise InputError(final, "is a folder; name a file to write")
+    _refuse_special(final)
     _check_parents(final)
+
+
+def _refuse_special(final: Path) -> None:
+    # The rename would put a regular file in place of a device, FIFO or socket (or of the link to one,
+    # as /dev/stdout is): as root, /dev/null itself. Such a target is refused, not replaced.
+    if final.exists() and not final.is_file() and not final.is_dir():
+        raise InputError(final, f"{not_regular(final.stat().st_mode)}; name a regular file to write")
 
 
 def check_folder_target(final) -> None:
@@ -118,6 +126,7 @@ def atomic_path(final):
     for folder in (final.parent, *final.parent.parents):
         if folder.exists() and not folder.is_dir():
             raise InputError(folder, f"is a file, not a folder, so {final} cannot be written")
+    _refuse_special(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _lock:
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{''.join(final.suffixes)}",

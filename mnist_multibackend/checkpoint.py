@@ -37,6 +37,7 @@ import re
 from pathlib import Path
 
 from .errors import InputError, first_line
+from .runs import read_record
 
 CHECKPOINT_FILE = "checkpoint.json"
 _WEIGHTS_NAME = re.compile(r"epoch-(\d{4,})\.weights\.h5")
@@ -123,11 +124,13 @@ def read_state(path: Path) -> dict | None:
     Everything a resumed run reads is checked here, before any training: a bad value ends
     in one line, not in a traceback after the resumed epochs (whose work would be lost).
     """
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        state = json.loads(path.read_text(), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as err:
+        state = json.loads(read_record(path), parse_constant=_no_constant)
+    except InputError as err:
+        raise InputError(path, f"not a readable checkpoint: {err.problem}") from None
+    except (json.JSONDecodeError, ValueError, RecursionError) as err:
         raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {first_line(err, 200)})") from None
     problem = _state_problem(state)
     if problem:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from . import native_logs
-from .errors import InputError
+from .errors import InputError, one_line
 from .predict import INVERT_CHOICES
 from .recipes import DEFAULT_RECIPE, PRECISIONS, RECIPES, TARGET_ACCURACY
 from .runtime import BACKENDS, DEVICES
@@ -512,7 +512,7 @@ def _run(args) -> int:
         return EXIT_BAD_INPUT
     except OSError as err:  # e.g. an --out folder that cannot be written: the user's to fix, so one line
         where = err.filename or "file system"
-        print(f"mnist-mb: error: {where}: {err.strerror or err}", file=sys.stderr)
+        print(f"mnist-mb: error: {one_line(str(where))}: {one_line(str(err.strerror or err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # raised by code that ran outside interrupts.install()
         print("mnist-mb: interrupted", file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError, first_line, require_at_least
+from .errors import InputError, first_line, not_regular, require_at_least
 
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -83,15 +83,6 @@ def over_cap(claim: str, cap: int, name: str) -> str:
 
 # --------------------------------------------------------------------------- reading files
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _not_regular(mode: int) -> str:
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return f"is {kind}, expected a regular file"
-
-
 class Source:
     """An input file's bytes as a stream: a regular file under a size cap, gunzipped as it is read.
 
@@ -113,7 +104,7 @@ class Source:
         if stat.S_ISDIR(info.st_mode):
             raise InputError(self.path, "is a directory, expected a file")
         if not stat.S_ISREG(info.st_mode):
-            raise InputError(self.path, _not_regular(info.st_mode))
+            raise InputError(self.path, not_regular(info.st_mode))
         self._check_size(info.st_size)
         try:
             # O_NONBLOCK: should the path have become a FIFO since os.stat, opening it still returns.
@@ -124,7 +115,7 @@ class Source:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             self._file.close()
-            raise InputError(self.path, _not_regular(info.st_mode))
+            raise InputError(self.path, not_regular(info.st_mode))
         self._check_size(info.st_size)
         os.set_blocking(fd, True)
         self.disk_size = info.st_size
@@ -564,6 +555,20 @@ def read_npy(path, stream, check=None) -> np.ndarray:
     must be under ``MAX_ARRAY_BYTES``, ``check(shape, dtype)`` may refuse the header too,
     and the data must be exactly the declared size.
     """
+    shape, fortran_order, dtype = read_npy_header(path, stream)
+    if check is not None:
+        check(shape, dtype)
+    said = f".npy header says {dtype} {shape}"
+    if array_span(shape, dtype) > MAX_ARRAY_BYTES:
+        raise InputError(path, over_cap(f"{said}, {array_span(shape, dtype):,} data bytes", MAX_ARRAY_BYTES,
+                                        "MAX_ARRAY_BYTES"))
+    array = read_array_data(_Stream(path, stream), np.empty(math.prod(shape), dtype), said)
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def read_npy_header(path, stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The header of the ``.npy`` array that ``stream`` starts with: ``(shape, fortran_order, dtype)``, a
+    numeric dtype and sizes that are whole numbers; the stream is left at the array's data."""
     prefix = stream.read(8)
     if len(prefix) < 8 or not prefix.startswith(b"\x93NUMPY"):
         raise InputError(path, "not a valid .npy file (no .npy magic string)")
@@ -582,17 +587,13 @@ def read_npy(path, stream, check=None) -> np.ndarray:
     try:
         shape, fortran_order, dtype = readers[version](io.BytesIO(length + header))
     except Exception as err:  # noqa: BLE001 - NumPy parses an untrusted header: any failure means a bad file
-        raise InputError(path, f"not a valid .npy file ({first_line(err)})") from None
+        raise InputError(path, f"not a valid .npy file ({first_line(err, limit=200)})") from None
+    # NumPy's parser takes any Python int as a size, a negative one or a bool too
+    if any(type(side) is not int or side < 0 for side in shape):
+        raise InputError(path, f"not a valid .npy file (its header's shape {str(shape)[:100]} is not a list of sizes)")
     if dtype.hasobject or dtype.kind not in "biuf":
-        raise InputError(path, f"holds {dtype} values, expected numeric pixels (Python objects are never read)")
-    if check is not None:
-        check(shape, dtype)
-    said = f".npy header says {dtype} {shape}"
-    if array_span(shape, dtype) > MAX_ARRAY_BYTES:
-        raise InputError(path, over_cap(f"{said}, {array_span(shape, dtype):,} data bytes", MAX_ARRAY_BYTES,
-                                        "MAX_ARRAY_BYTES"))
-    array = read_array_data(_Stream(path, stream), np.empty(math.prod(shape), dtype), said)
-    return array.reshape(shape, order="F" if fortran_order else "C")
+        raise InputError(path, f"holds {dtype} values, expected numbers (Python objects are never read)")
+    return shape, fortran_order, dtype
 
 
 class _Stream:
@@ -616,18 +617,17 @@ class _Stream:
         return not self.stream.read(1)
 
 
-def _check_zip_directory(path, file, size: int) -> None:
-    """Refuse a zip whose central directory is larger than ``MAX_ZIP_DIRECTORY_BYTES``, before zipfile reads it.
-
-    Finds the end records as ``zipfile`` does (at the end, else within the comment's 64 KiB,
-    then the Zip64 record just before it).
-    """
+def zip_directory_bytes(file, size: int) -> int | None:
+    """The size of the central directory of the zip archive ``file`` (``size`` bytes long), read from its end
+    records as ``zipfile`` finds them (at the end, else within the comment's 64 KiB, then the Zip64 record just
+    before); None where there is no end record. ``file`` is left at its start."""
     tail_size = min(size, 22 + 0xFFFF)
     file.seek(size - tail_size)
     tail = file.read(tail_size)
     at = len(tail) - 22 if tail[-22:-18] == b"PK\x05\x06" else tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        raise InputError(path, "not a readable .npz file (no zip directory at its end)")
+        file.seek(0)
+        return None
     directory = struct.unpack("<4s4H2LH", tail[at:at + 22])[5]
     end_record = size - tail_size + at
     if end_record >= 76:
@@ -636,6 +636,14 @@ def _check_zip_directory(path, file, size: int) -> None:
         if zip64[56:60] == b"PK\x06\x07" and zip64[:4] == b"PK\x06\x06":
             directory = struct.unpack("<4sQ2H2L4Q", zip64[:56])[8]
     file.seek(0)
+    return directory
+
+
+def _check_zip_directory(path, file, size: int) -> None:
+    """Refuse a zip whose central directory is larger than ``MAX_ZIP_DIRECTORY_BYTES``, before zipfile reads it."""
+    directory = zip_directory_bytes(file, size)
+    if directory is None:
+        raise InputError(path, "not a readable .npz file (no zip directory at its end)")
     if directory > MAX_ZIP_DIRECTORY_BYTES:
         raise InputError(path, over_cap(f"a zip directory of {directory:,} bytes", MAX_ZIP_DIRECTORY_BYTES,
                                         "MAX_ZIP_DIRECTORY_BYTES"))

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import re
+import stat
 import sys
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\x1b``): a file may be named
+    ``a\\nb.png``, and a line that names it must stay one line, or one field of a tab-separated one."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 class InputError(Exception):
     """Bad input from the user: a file, a flag or the environment.
 
     The message is one line that names the offending thing and what is wrong
-    with it, fit to print as is.
+    with it, fit to print as is (control characters in either are escaped).
     """
 
     def __init__(self, subject, problem: str):
-        self.subject = str(subject)
-        self.problem = problem
-        super().__init__(f"{self.subject}: {problem}")
+        self.subject = one_line(str(subject))
+        self.problem = one_line(problem)
+        super().__init__(f"{self.subject}: {self.problem}")
 
 
 def first_line(err: BaseException, limit: int | None = None) -> str:
@@ -26,6 +37,16 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
     return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def not_regular(mode: int) -> str:
+    """Why a file of ``st_mode`` ``mode`` is refused where a regular file is read or written: its kind."""
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, expected a regular file"
 
 
 def require_at_least(subject, value, minimum: int = 1):
@@ -42,4 +63,4 @@ def require_at_least(subject, value, minimum: int = 1):
 
 def notice(source, message: str) -> None:
     """One line on stderr about ``source`` that the user should know but that stops nothing (what was left out)."""
-    print(f"{source}: {message}", file=sys.stderr)
+    print(one_line(f"{source}: {message}"), file=sys.stderr)

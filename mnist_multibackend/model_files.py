@@ -12,11 +12,15 @@ asks for, the shapes of its weights) is checked there, after the start.
 from __future__ import annotations
 
 import json
+import math
+import os
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import h5py
 
+from .data import MAX_ZIP_DIRECTORY_BYTES, read_npy_header, zip_directory_bytes
 from .errors import InputError, first_line
 from .legacy.safety import (CHECKPOINT_VALUES_PER_PARAMETER, KERAS_ARCHIVE, check_h5_structure, disguised_content,
                             existing_file, full_model_configs, open_h5, parse_json, parse_keras2_yaml, read_text_file)
@@ -29,6 +33,11 @@ ARCHITECTURE_SUFFIXES = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}  # to
 MAX_KERAS_CONFIG_BYTES = 2 * 2**20  # config.json (Keras 3's JSON of the model)
 MAX_KERAS_METADATA_BYTES = 64 * 2**10  # metadata.json (versions and a date)
 MAX_KERAS_UNCOMPRESSED_BYTES = 2 * 2**30  # all members, as declared
+# An archive with more than its three files (assets) is extracted whole into a temporary folder by Keras:
+# what it would write to disk there, and the number of entries.
+MAX_KERAS_ASSET_BYTES = 256 * 2**20
+MAX_KERAS_MEMBERS = 10_000
+KERAS_FILES = ("config.json", "metadata.json", "model.weights.h5", "model.weights.npz")
 # Keras stores members uncompressed (ratio 1); DEFLATE manages at most about 1032:1 on the most repetitive data.
 MAX_KERAS_COMPRESSION_RATIO = 100
 _RATIO_FLOOR_BYTES = 2**20  # below this a member may be as compressible as it likes
@@ -99,8 +108,26 @@ def check_keras_archive(path, count_parameters=None) -> None:
     """
     path = Path(path)
     try:
+        with open(path, "rb") as file:  # zipfile reads the whole directory and makes an object per entry
+            directory = zip_directory_bytes(file, os.fstat(file.fileno()).st_size)
+        if directory is not None and directory > MAX_ZIP_DIRECTORY_BYTES:
+            raise InputError(path, f"its zip directory is {directory:,} bytes; more than {MAX_ZIP_DIRECTORY_BYTES:,} "
+                                   "is refused (a cap of this tool; raise mnist_multibackend.data."
+                                   "MAX_ZIP_DIRECTORY_BYTES to accept it)")
         with zipfile.ZipFile(path) as archive:
-            members = {info.filename: info for info in archive.infolist()}
+            infos = archive.infolist()
+            if len(infos) > MAX_KERAS_MEMBERS:
+                raise InputError(path, f"holds {len(infos):,} members; more than {MAX_KERAS_MEMBERS:,} is refused "
+                                       f"({_RAISE.format('MAX_KERAS_MEMBERS')})")
+            members = {info.filename: info for info in infos}
+            if len(members) < len(infos):  # which one Keras reads is zipfile's choice; the sizes counted one
+                twice = next(name for name, count in Counter(i.filename for i in infos).items() if count > 1)
+                raise InputError(path, f"not a loadable Keras model: the archive holds two members named {twice}")
+            extracted = sum(info.file_size for info in infos if info.filename not in KERAS_FILES)
+            if extracted > MAX_KERAS_ASSET_BYTES:  # Keras writes them all to a temporary folder
+                raise InputError(path, f"holds {extracted:,} bytes besides the model's own files; more than "
+                                       f"{MAX_KERAS_ASSET_BYTES:,} is refused "
+                                       f"({_RAISE.format('MAX_KERAS_ASSET_BYTES')})")
             total = sum(info.file_size for info in members.values())
             if total > MAX_KERAS_UNCOMPRESSED_BYTES:
                 raise InputError(path, f"its members declare {total:,} bytes uncompressed; more than "
@@ -130,6 +157,9 @@ def check_keras_archive(path, count_parameters=None) -> None:
             if "model.weights.h5" in members:
                 with archive.open("model.weights.h5") as handle:
                     _check_weights_member(handle, path, parameters)
+            elif "model.weights.npz" in members:
+                with archive.open("model.weights.npz") as handle:
+                    _check_npz_weights_member(handle, path, parameters)
     except zipfile.BadZipFile as err:
         raise InputError(path, disguised_content(path, KERAS_ARCHIVE)
                          or f"not a loadable Keras model: not a zip archive, or a truncated one "
@@ -137,6 +167,30 @@ def check_keras_archive(path, count_parameters=None) -> None:
     except (OSError, EOFError, RuntimeError, ValueError, NotImplementedError) as err:
         raise InputError(path, f"not a loadable Keras model: a damaged archive ({first_line(err, limit=200)})") \
             from None
+
+
+def _check_npz_weights_member(handle, path, parameters: int | None) -> None:
+    # Keras's other weights format: an .npz inside the .keras, each array's .npy header read (not its
+    # data) and their declared sizes summed against what the model and its optimizer can hold.
+    limit = MAX_KERAS_UNCOMPRESSED_BYTES if parameters is None else \
+        CHECKPOINT_VALUES_PER_PARAMETER * 8 * parameters + 2**20
+    where = f"{path} (model.weights.npz)"
+    try:
+        with zipfile.ZipFile(handle) as weights:
+            infos = weights.infolist()
+            if len(infos) > MAX_KERAS_MEMBERS:
+                raise InputError(where, f"holds {len(infos):,} arrays; more than {MAX_KERAS_MEMBERS:,} is refused")
+            declared = 0
+            for info in infos:
+                with weights.open(info) as member:
+                    shape, _, dtype = read_npy_header(where, member)
+                declared += math.prod(shape) * dtype.itemsize
+                if declared > limit:
+                    raise InputError(where, f"its arrays declare more than {limit:,} bytes, more than the model "
+                                            "and its optimizer hold; refused")
+    except zipfile.BadZipFile as err:
+        raise InputError(path, f"not a loadable Keras model: model.weights.npz is not an .npz "
+                               f"({first_line(err, limit=200)})") from None
 
 
 def _check_weights_member(handle, path, parameters: int | None) -> None:

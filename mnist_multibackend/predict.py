@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import data
-from .errors import InputError, first_line
+from .errors import InputError, first_line, one_line
 
 INVERT_CHOICES = ("auto", "yes", "no")
 DIGIT_BOX = 20  # MNIST scaled each digit's bounding box to fit 20 x 20 pixels ...
@@ -31,6 +31,9 @@ CENTRE = 14.0  # ... and put its centre of mass here (row and column; measured: 
 INK_THRESHOLD = 40
 MIN_CONTRAST = 24  # darkest-to-lightest difference below this: a blank image, no digit
 MAX_IMAGE_PIXELS = 50_000_000  # a digit needs far fewer; refuses decompression bombs before decoding
+# A progressive JPEG is decoded once per scan over the whole image: libjpeg sets no limit, and one scan
+# repeated 10,000 times in a 7.7 MB file took minutes. Encoders write about 10 (libjpeg's default).
+MAX_JPEG_SCANS = 100
 # An image file is read whole before decoding: a 50-megapixel RGBA TIFF stored raw is 200 MB.
 MAX_IMAGE_FILE_BYTES = 256 << 20
 # Digits one `predict` reads from all its inputs together: data.MAX_IMAGES (2,000,000, 1.5 GiB as
@@ -87,7 +90,7 @@ def read_input(path, invert: str = "auto", max_images: int = MAX_PREDICT_IMAGES)
                                                          "data.py", "predict.py"))
             return read_image(path, raw, invert)[None], [str(path)]
         if path.suffix.lower() in _IMAGE_SUFFIXES:
-            raise InputError(path, f"not a PNG or JPEG image (it starts with {head[:8]!r})")
+            raise InputError(path, f"not a PNG, JPEG, GIF, BMP, TIFF or WebP image (it starts with {head[:8]!r})")
         if head.startswith(_NPY_MAGIC):
             return _indexed(path, _as_digits(path, data.read_npy(path, source, _digits_header(path, max_images))))
         if head[:2] == b"\0\0":
@@ -122,12 +125,21 @@ def read_image(path, raw: bytes, invert: str = "auto") -> np.ndarray:
         if width * height > MAX_IMAGE_PIXELS:
             raise InputError(path, f"image is {width} x {height} pixels, more than the "
                                    f"{MAX_IMAGE_PIXELS} this reads")
+        # Entropy-coded data stuffs every 0xFF byte, so b"\xff\xda" is a start-of-scan marker or, at most, one
+        # inside a thumbnail: counted, not parsed.
+        scans = raw.count(b"\xff\xda") if image.format in ("JPEG", "MPO") else 0
+        if scans > MAX_JPEG_SCANS:
+            raise InputError(path, f"a JPEG of {scans:,} scans; more than {MAX_JPEG_SCANS} is refused (a cap of "
+                                   "this tool: mnist_multibackend.predict.MAX_JPEG_SCANS)")
         image = ImageOps.exif_transpose(image)  # a phone photo's pixels are stored sideways
         gray = _grayscale(image)
     except InputError:
         raise
+    except UnidentifiedImageError:
+        raise InputError(path, "not a readable image (Pillow recognises no image format in it, or its header is "
+                               "damaged)") from None
     except Exception as err:  # noqa: BLE001 - a decoder fed untrusted bytes: any failure means a bad image
-        detail = first_line(err)
+        detail = first_line(err, limit=200)
         raise InputError(path, f"not a readable image ({detail})") from None
     try:
         return preprocess_image(gray, invert)
@@ -279,11 +291,20 @@ def describe_shapes(model) -> str:
 
 
 def check_classifier(model, subject) -> None:
-    """Refuse a model that does not map ``(28, 28, 1)`` images to 10 classes, naming what it maps."""
+    """Refuse a model that does not map ``(28, 28, 1)`` images to 10 classes, naming what it maps, or that
+    takes anything but floating-point images, or whose weights hold NaN or infinity."""
+    import keras  # a model exists: the backend is chosen
+
     inputs, outputs = model_shapes(model)
     if inputs != [(None, 28, 28, 1)] or outputs != [(None, data.NUM_CLASSES)]:
         raise InputError(subject, f"not a digit classifier: its {describe_shapes(model)}; evaluate, predict "
                                   "and report need input (None, 28, 28, 1), output (None, 10)")
+    dtype = str(model.inputs[0].dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise InputError(subject, f"not a digit classifier: it takes {dtype[:40]} inputs, not floating-point images")
+    for weight in model.weights:  # NaN or infinity gives confident nonsense (ReLU and pooling hide a NaN)
+        if weight.dtype.startswith(("float", "bfloat")) and not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
+            raise InputError(subject, f"its weight {weight.path} holds NaN or infinite values")
 
 
 def predict_digits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
@@ -309,5 +330,5 @@ def format_predictions(names, probabilities: np.ndarray, as_json: bool = False) 
             lines.append(json.dumps({"input": name, "digit": digit, "probability": round(float(row[digit]), 6),
                                      "probabilities": [round(float(p), 6) for p in row]}))
         else:
-            lines.append(f"{name}\t{digit}\t{row[digit]:.4f}")
+            lines.append(f"{one_line(name)}\t{digit}\t{row[digit]:.4f}")  # a tab in a name would add a field
     return lines

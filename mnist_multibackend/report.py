@@ -22,6 +22,7 @@ from .atomic import atomic_path, check_folder_target, write_text
 from .errors import InputError
 from .model_files import check_model_file
 from .predict import check_classifier, predict_digits
+from .runs import read_record
 
 CURVES_FILE = "training-curves.png"
 CONFUSION_FILE = "confusion-matrix.png"
@@ -55,10 +56,7 @@ def locate(target) -> tuple[Path, Path | None, Path]:
 
 def read_history(path) -> dict[str, np.ndarray]:
     """``history.csv`` -> one ``float64 (epochs,)`` array per column; the epochs must count 1, 2, ..."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, f"cannot read: {err}") from None
+    text = read_record(path)
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or not rows[0]:
         raise InputError(path, "empty file")

@@ -284,6 +284,61 @@ def _keras_zip(members: dict, compression=None) -> bytes:
     return buffer.getvalue()
 
 
+def _many_scans(scans=200) -> bytes:
+    """A small progressive JPEG whose last scan is repeated: libjpeg decodes the whole image once per scan."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(DIGIT, np.uint8)).save(buffer, format="JPEG", progressive=True)
+    raw = buffer.getvalue()
+    last = raw.rfind(b"\xff\xda")
+    return raw[:-2] + raw[last:-2] * scans + b"\xff\xd9"
+
+
+def _kernel(values=None):
+    """Dense weights whose kernel holds ``values`` (or is declared and never written, when None)."""
+    def weights(dense):
+        if values is None:
+            dense.create_dataset("dense/kernel:0", (784, 10), np.float32)
+        else:
+            dense.create_dataset("dense/kernel:0", data=np.full((784, 10), values, np.float32))
+        dense.create_dataset("dense/bias:0", data=np.zeros(10, np.float32))
+    return weights
+
+
+def _adam_moments(iterations):
+    def optimizer(state):
+        del state["Adam/iterations:0"]
+        state.create_dataset("Adam/iterations:0", data=iterations)
+        for i in range(4):
+            state.create_dataset(f"training/Adam/Variable_{i}:0",
+                                 data=np.zeros((784, 10) if i % 2 == 0 else (10,), np.float32))
+    return optimizer
+
+
+def _training_config(**optimizer):
+    def extra(f):
+        f.attrs["training_config"] = json.dumps({**SMALL_TRAINING, "optimizer_config": {
+            "class_name": "Adam", "config": optimizer}}).encode()
+    return extra
+
+
+def _with_input_dtype(dtype):
+    config = json.loads(json.dumps(SMALL_CONFIG))
+    config["config"][0]["config"]["dtype"] = dtype
+    return config
+
+
+# Keras 3's own files and a .keras that Keras would extract whole: the caps on what it holds.
+KERAS_FILES = {"metadata.json": "{}", "config.json": json.dumps(SMALL_CONFIG)}
+
+
+def _many_members(count=12_000) -> bytes:
+    return _keras_zip({**KERAS_FILES, **{f"assets/{i}": b"" for i in range(count)}})
+
+
+def _npz_weights_declaring(shape) -> bytes:
+    return _keras_zip({**KERAS_FILES, "model.weights.npz": _npz(kernel=_npy_header(shape, "<f8"))})
+
+
 # The first 5,000 bytes of a .keras archive (a truncated download): the local header of metadata.json only.
 MODEL_HEAD = _keras_zip({"metadata.json": "{}", "config.json": json.dumps(SMALL_CONFIG) * 200})[:5000]
 
@@ -527,6 +582,48 @@ BAD_INPUT = [
          {**GOOD_FOLDER, "data/train-images-idx3-ubyte.gz": gzip.compress(EMPTY_SPLIT[0]),
           "data/train-labels-idx1-ubyte": EMPTY_SPLIT[1]},
          ("train-images-idx3-ubyte.gz", "holds no training images")),
+    Case("a progressive JPEG of 200 scans", PREDICT + ("{tmp}/scans.jpg",), {"scans.jpg": _many_scans()},
+         ("scans.jpg", "a JPEG of 20", "scans; more than 100 is refused")),
+    Case("an .npy whose shape is negative", PREDICT + ("{tmp}/digits.npy",), {"digits.npy": _npy_header((-1, 28, 28))},
+         ("digits.npy", "shape (-1, 28, 28) is not a list of sizes")),
+    Case("an .npy whose shape is a bool", PREDICT + ("{tmp}/digits.npy",), {"digits.npy": _npy_header((True, 28, 28))},
+         ("digits.npy", "shape (True, 28, 28) is not a list of sizes")),
+    Case("an .npz data set whose shape is a bool", TRAIN[:2] + ("{tmp}/mnist.npz",) + TRAIN[3:],
+         {"mnist.npz": _npz(x_train=_npy_header((True, 28, 28)), y_train=_npy(np.array([1], np.uint8)),
+                            x_test=_npy(np.zeros((1, 28, 28), np.uint8)), y_test=_npy(np.array([3], np.uint8)))},
+         ("mnist.npz", "is not a list of sizes")),
+    Case("a file name with a newline", PREDICT + ("{tmp}/bad\nname.csv",), {"bad\nname.csv": "1,2,3\n"},
+         ("bad\\nname.csv", "3 values per line")),
+    Case("a .keras of 12,000 members", ("evaluate", "{tmp}/model.keras"), {"model.keras": _many_members},
+         ("model.keras", "holds 12,002 members; more than 10,000 is refused")),
+    Case("a .keras whose model.weights.npz declares 4 GiB", ("evaluate", "{tmp}/model.keras"),
+         {"model.keras": _npz_weights_declaring((2**29,))},
+         ("model.keras (model.weights.npz)", "its arrays declare more than 2,147,483,648 bytes")),
+    Case("a Keras 2 .h5 of NaN weights", ("predict", "{tmp}/model.h5", "{tmp}/digits.npy"),
+         {"model.h5": _keras2_h5(weights=_kernel(np.nan)), "digits.npy": _npy(np.zeros((1, 28, 28), np.uint8))},
+         ("model.h5", "dense/kernel:0 holds NaN or infinite values"), needs_keras=True),
+    Case("a Keras 2 .h5 of infinite weights", ("predict", "{tmp}/model.h5", "{tmp}/digits.npy"),
+         {"model.h5": _keras2_h5(weights=_kernel(-np.inf)), "digits.npy": _npy(np.zeros((1, 28, 28), np.uint8))},
+         ("model.h5", "holds NaN or infinite values"), needs_keras=True),
+    Case("a Keras 2 .h5 of weights declared and never written", ("predict", "{tmp}/model.h5", "{tmp}/digits.npy"),
+         {"model.h5": _keras2_h5(weights=_kernel(None)), "digits.npy": _npy(np.zeros((1, 28, 28), np.uint8))},
+         ("model.h5", "dense/kernel:0 was declared but never written"), needs_keras=True),
+    Case("an Adam iteration count no int64 holds", ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
+         {"model.h5": _keras2_h5(optimizer=_adam_moments(np.uint64(2**64 - 1)))},
+         ("model.h5", "iteration count no int64 holds: 18446744073709551615"), needs_keras=True),
+    Case("a learning rate of 10**400", ("legacy", "import", "{tmp}/model.h5", "--out", "{tmp}/m.keras"),
+         {"model.h5": _keras2_h5(extra=_training_config(lr=10**400))},
+         ("model.h5", "Adam settings not usable (int too large to convert to float)"), needs_keras=True),
+    Case("a model of string inputs", ("predict", "{tmp}/model.h5", "{tmp}/digits.npy"),
+         {"model.h5": _keras2_h5(config=_with_input_dtype("string")),
+          "digits.npy": _npy(np.zeros((1, 28, 28), np.uint8))},
+         ("model.h5", "string"), needs_keras=True),
+    Case("a layer from a module that is a list", ("legacy", "import", "{tmp}/model.json", "--weights",
+                                                  "{tmp}/weights.h5", "--out", "{tmp}/m.keras"),
+         {"model.json": json.dumps({"class_name": "Sequential", "config": [
+             {**SMALL_CONFIG["config"][0], "module": ["keras"]}, SMALL_CONFIG["config"][1]]}).encode(),
+          "weights.h5": _keras2_h5()},
+         ("model.json", "from module \"['keras']\"; only Keras's own classes load"), needs_keras=True),
     Case("a data folder with no test images", TRAIN[:2] + ("{tmp}/data",) + TRAIN[3:],
          {**GOOD_FOLDER, "data/t10k-images-idx3-ubyte": EMPTY_SPLIT[0], "data/t10k-labels-idx1-ubyte": EMPTY_SPLIT[1]},
          ("t10k-images-idx3-ubyte", "holds no test images")),
@@ -599,6 +696,16 @@ def _sparse(size):
     return make
 
 
+def _in_folder(make):
+    def made(path):
+        path.parent.mkdir()
+        make(path)
+    return made
+
+
+CONVERT = ("convert", "{mnist}/t10k-images-idx3-ubyte.gz", "{mnist}/t10k-labels-idx1-ubyte.gz", "-o")
+
+
 # Inputs that are not regular files, or too large to write: made by the test, where the table's
 # files cannot (issue 12). Each: a name, how to make {tmp}/NAME (or None), the command, the line.
 SPECIAL_FILES = [
@@ -615,15 +722,25 @@ SPECIAL_FILES = [
      TRAIN[:2] + ("{tmp}/train.csv,{tmp}/train.csv",) + TRAIN[3:], ("train.csv", "more than the cap")),
     ("a sparse 1 GiB file of zeros", ("digits.csv", _sparse(1 << 30)), PREDICT + ("{tmp}/digits.csv",),
      ("digits.csv", "magic number 0x00000000")),
+    ("a FIFO as the checkpoint", ("ck/checkpoint.json", _in_folder(os.mkfifo)),
+     TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"),
+     ("checkpoint.json", "not a readable checkpoint: is a FIFO (named pipe), expected a regular file")),
+    ("a link to /dev/zero as the checkpoint", ("ck/checkpoint.json", _in_folder(lambda p: p.symlink_to("/dev/zero"))),
+     TRAIN + ("--checkpoint-dir", "{tmp}/ck", "--resume"), ("checkpoint.json", "is a character device")),
+    # The rename would replace the FIFO (or the device the link names: /dev/stdout, /dev/null) by a file.
+    ("a FIFO as the output", ("out.csv", os.mkfifo), CONVERT + ("{tmp}/out.csv",),
+     ("out.csv", "is a FIFO (named pipe), expected a regular file; name a regular file to write")),
+    ("a link to /dev/null as the output", ("out.csv", lambda path: path.symlink_to("/dev/null")),
+     CONVERT + ("{tmp}/out.csv",), ("out.csv", "is a character device")),
 ]
 
 
 @pytest.mark.parametrize("name,make,args,expect", SPECIAL_FILES, ids=[case[0] for case in SPECIAL_FILES])
-def test_special_and_huge_files_are_one_line_exit_2(name, make, args, expect, tmp_path, trained_run,
+def test_special_and_huge_files_are_one_line_exit_2(name, make, args, expect, tmp_path, trained_run, mnist_dir,
                                                     backend_stand_ins):
     if make is not None:
         make[1](tmp_path / make[0])
-    places = {"tmp": tmp_path, "model": trained_run[0] / "model.keras", "mnist": None}
+    places = {"tmp": tmp_path, "model": trained_run[0] / "model.keras", "mnist": mnist_dir}
     _assert_refused([str(a).format(**places) for a in args], tmp_path, expect, backend_stand_ins)
 
 
@@ -788,6 +905,76 @@ def test_history_and_checkpoint_files_are_read_or_refused_cleanly(tmp_path, cont
     (tmp_path / "epoch-0001.weights.h5").write_bytes(b"")
     _read_clean(tmp_path / "history.csv", report.read_history)
     _read_clean(tmp_path / "checkpoint.json", checkpoint.read_state)
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a link to /dev/zero", "a sparse 1 GiB file"])
+def test_run_records_are_read_only_when_regular_and_small(tmp_path, kind, monkeypatch):
+    """metrics.json, history.csv, checkpoint.json and the last bench's summary: a FIFO in their place
+    would block the command for ever, /dev/zero fill the memory."""
+    from mnist_multibackend import runs
+    from mnist_multibackend.bench import last_run
+
+    for name in ("metrics.json", "history.csv", "checkpoint.json", "last-bench.json"):
+        path = tmp_path / name
+        {"a FIFO": os.mkfifo, "a link to /dev/zero": lambda p: p.symlink_to("/dev/zero"),
+         "a sparse 1 GiB file": _sparse(1 << 30)}[kind](path)
+    expected = {"a FIFO": "is a FIFO (named pipe)", "a link to /dev/zero": "is a character device",
+                "a sparse 1 GiB file": "a run record of more than 16,777,216 is refused"}[kind]
+    with _time_limit(10):
+        for reader, name in ((runs.read_record, "metrics.json"), (report.read_history, "history.csv"),
+                             (checkpoint.read_state, "checkpoint.json")):
+            with pytest.raises(InputError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+                reader(tmp_path / name)
+        (tmp_path / "model.keras").write_bytes(b"")
+        assert runs.recorded_data_source(tmp_path / "model.keras") is None  # an unreadable record: no source
+        monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
+        found = last_run.read({})
+        assert found["status"] == "unreadable" and expected.split(" (")[0] in found["message"]
+
+
+def test_keras_archive_caps_count_what_keras_would_extract(tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    # More than Keras's three files: Keras extracts them all to a temporary folder.
+    path.write_bytes(_keras_zip({**KERAS_FILES, "model.weights.h5": _h5(lambda f: None),
+                                 "assets/vocabulary.txt": b"x" * 5000}))
+    model_files.check_keras_archive(path)
+    monkeypatch.setattr(model_files, "MAX_KERAS_ASSET_BYTES", 4096)
+    with pytest.raises(InputError, match="holds 5,000 bytes besides the model's own files; more than 4,096"):
+        model_files.check_keras_archive(path)
+    # Two members of one name: which one Keras reads is zipfile's choice.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in (*KERAS_FILES.items(), ("config.json", "{}")):
+            with pytest.warns(UserWarning, match="Duplicate name") if name == "config.json" and content == "{}" \
+                    else contextlib.nullcontext():
+                archive.writestr(name, content)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(InputError, match="holds two members named config.json"):
+        model_files.check_keras_archive(path)
+
+
+def test_npz_weights_in_a_keras_archive_are_held_to_the_models_parameters(tmp_path):
+    """Keras's other weights format: each array's header is read, and their sizes summed against what the
+    model and its optimizer hold (the loader counts the parameters; a model of 1,000 here)."""
+    path = tmp_path / "model.keras"
+    parameters = lambda text, where: 1_000  # noqa: E731 - what loading.count_keras_parameters would say
+    path.write_bytes(_npz_weights_declaring((1_000,)))
+    model_files.check_keras_archive(path, parameters)
+    path.write_bytes(_npz_weights_declaring((100_000_000,)))  # 800 MB, in a file of a few hundred bytes
+    with pytest.raises(InputError, match="its arrays declare more than 1,080,576 bytes"):
+        model_files.check_keras_archive(path, parameters)
+    path.write_bytes(_keras_zip({**KERAS_FILES, "model.weights.npz": _npz(kernel=_npy(np.array([object()])))}))
+    with pytest.raises(InputError, match="Python objects are never read"):
+        model_files.check_keras_archive(path, parameters)
+
+
+def test_names_with_control_characters_stay_one_line_and_one_field():
+    from mnist_multibackend.errors import one_line
+
+    assert one_line("a\tb\nc\rd\x1b[31m é") == "a\\tb\\nc\\rd\\x1b[31m é"
+    assert str(InputError("bad\nname.csv", "line 1\nline 2")) == "bad\\nname.csv: line 1\\nline 2"
+    lines = predict.format_predictions(["a\tb\n3\t0.5.png"], np.eye(10, dtype=np.float32)[[7]])
+    assert len(lines) == 1 and lines[0].split("\t") == ["a\\tb\\n3\\t0.5.png", "7", "1.0000"]
 
 
 def test_an_external_dataset_is_refused_before_its_file_is_read(tmp_path):

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 
 from mnist_multibackend.atomic import write_text
+from mnist_multibackend.errors import InputError
+from mnist_multibackend.runs import read_record
 
 FILE_NAME = "last-bench.json"
 CACHE_VARIABLE = "MNIST_MB_CACHE_DIR"
@@ -88,11 +90,13 @@ def read(here: dict) -> dict:
     path = cache_path()
     found = {"path": str(path)}
     try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {**found, "status": "missing",
-                "message": "no benchmark run on this machine yet: mnist-mb bench --quick"}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        summary = json.loads(read_record(path))  # a regular file of a few KB, or it is not ours
+    except InputError as err:
+        if not path.exists() and not path.is_symlink():
+            return {**found, "status": "missing",
+                    "message": "no benchmark run on this machine yet: mnist-mb bench --quick"}
+        return _unreadable(found, err.problem)
+    except (json.JSONDecodeError, ValueError, RecursionError) as err:
         return _unreadable(found, f"{type(err).__name__}: {err}")
     problem = _problem(summary)
     if problem:

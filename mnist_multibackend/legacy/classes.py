@@ -90,8 +90,10 @@ def _check_class(node: dict, where: str, source) -> None:
         raise InputError(source, f"{where} names class {name!r}, which is not one of Keras's built-in classes; "
                                  "only those load (no Lambda, custom objects or code)")
     module = node.get("module")
-    if module is not None and module not in KERAS_MODULES:
-        raise InputError(source, f"{where} takes {name!r} from module {module!r}; only Keras's own classes load")
-    if node.get("registered_name") not in (None, name):
-        raise InputError(source, f"{where} names the registered object {node['registered_name']!r}; "
+    if module is not None and (not isinstance(module, str) or module not in KERAS_MODULES):
+        raise InputError(source, f"{where} takes {name!r} from module {str(module)[:100]!r}; only Keras's own "
+                                 "classes load")
+    registered = node.get("registered_name")
+    if registered is not None and (not isinstance(registered, str) or registered != name):
+        raise InputError(source, f"{where} names the registered object {str(registered)[:100]!r}; "
                                  "custom objects do not load")

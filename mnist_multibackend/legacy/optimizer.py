@@ -175,7 +175,7 @@ def optimizer_from_keras2(optimizer_config, source) -> keras.optimizers.Optimize
             learning_rate = keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
                                                                         decay_rate=_as_float32_value(decay))
         return cls(learning_rate=learning_rate, **settings)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ArithmeticError) as err:  # ArithmeticError: 10**400 is no float
         raise InputError(source, f"{spec.name} settings not usable ({first_line(err, limit=300)})") from None
 
 def _builtin(kind: str, name: str) -> bool:
@@ -353,7 +353,12 @@ def restore_optimizer_state(model: keras.Model, group: h5py.Group, source) -> No
     state = [(name, d) for name, d in entries[len(steps):] if not _MOMENTUM_SCHEDULE.search(name)
              and not (d.shape == () and _HYPERPARAMETER.search(name))]
     plan = _slot_plan(spec, used, state, model, source) if state else []  # none: saved before a step
-    iteration_count = int(read_array(steps[0][1], (), source, _where(group, steps[0][1]))) if steps else 0
+    count = read_array(steps[0][1], (), source, _where(group, steps[0][1])) if steps else 0
+    # the variable is an int64: a count it cannot hold (2**64 - 1) is a damaged file; read_array refused
+    # NaN and infinity
+    if not -2**63 <= count < 2**63:
+        raise InputError(source, f"optimizer_weights holds an iteration count no int64 holds: {count}")
+    iteration_count = int(count)
     product = read_array(schedule[0][1], (), source, _where(group, schedule[0][1])) if schedule else None
     for target, dataset in plan:
         target.assign(read_array(dataset, target.shape, source, _where(group, dataset)))

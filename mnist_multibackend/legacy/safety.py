@@ -385,7 +385,15 @@ def read_array(dataset: h5py.Dataset, shape, source, what: str) -> np.ndarray:
     """The one reader of array data: the values of ``dataset``, read only once its shape is the expected one."""
     if tuple(dataset.shape) != tuple(shape):
         raise InputError(source, f"{what} has shape {tuple(dataset.shape)}; expected {tuple(shape)}")
-    return np.asarray(dataset[()])
+    if dataset.dtype.kind not in "fiu":  # Keras 2 wrote floats, and integer step counts
+        raise InputError(source, f"{what} holds {dataset.dtype} values; expected numbers")
+    if dataset.size and dataset.id.get_storage_size() == 0:
+        raise InputError(source, f"{what} was declared but never written: it would read as its fill value")
+    values = np.asarray(dataset[()])
+    # A weight of NaN or infinity gives confident nonsense (ReLU and pooling hide the NaN), not an error
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError(source, f"{what} holds NaN or infinite values")
+    return values
 
 
 def read_names(group: h5py.Group, name: str, source) -> list:
