@@ -155,6 +155,8 @@ def _grayscale(image: Image.Image) -> np.ndarray:
         gray = np.asarray(image, np.float32)
         if not np.isfinite(gray).all():  # a floating-point TIFF can hold them: preprocess_image refuses them
             return gray
+        if image.mode == "F" and gray.min() >= 0 and gray.max() <= 1:  # 0-1, as an .npy of floats may be
+            return gray * 255.0
         return gray * (255.0 / gray.max()) if gray.max() > 255 else gray
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")

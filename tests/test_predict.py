@@ -87,6 +87,16 @@ def test_transparent_strokes_are_laid_on_a_contrasting_ground(mnist, tmp_path):
         assert _similarity(images[0], mnist.x_test[0]) > 0.9, colour
 
 
+def test_a_float_tiff_is_read_in_0_1_as_in_0_255(mnist, tmp_path):
+    """Floating-point pixels in 0-1 are the model's own scaling, as an .npy of floats may hold them."""
+    picture = np.asarray(_render(mnist.x_test[0], 56, (70, 70), (5, 5), False), np.float32)
+    for scale in (1.0, 255.0):
+        Image.fromarray(picture / 255.0 * scale, mode="F").save(tmp_path / f"digit{scale:.0f}.tif")
+    images, _ = predict.load_inputs([tmp_path / "digit1.tif", tmp_path / "digit255.tif"])
+    np.testing.assert_array_equal(images[0], images[1])
+    assert _similarity(images[0], mnist.x_test[0]) > 0.9
+
+
 def test_array_inputs_name_their_rows(mnist, tmp_path):
     digits, labels = mnist.x_test[:4], mnist.y_test[:4]
     data.write_csv(tmp_path / "labelled.csv", digits, labels)
