@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -1144,3 +1145,13 @@ def test_mutated_keras2_yaml_builds_or_is_refused_cleanly(tmp_path, text):
     path.write_text(text)
     model = _read_clean(path, legacy.load_yaml_file)
     assert model is None or model.count_params() > 0
+
+
+def test_a_parameter_count_past_any_sensible_size_is_said_in_a_short_line():
+    from mnist_multibackend.legacy.architecture import check_parameter_count
+
+    for count, said in ((60_000_000, "asks for 60,000,000 parameters"), (10**400, "asks for about 2^1328 parameters"),
+                        (10**5000, "asks for about 2^16609 parameters")):  # past Python's 4,300-digit str()
+        with pytest.raises(InputError, match=f"{re.escape(said)}; more than 50,000,000") as refused:
+            check_parameter_count(count, "model.h5")
+        assert len(str(refused.value)) < 300

@@ -285,7 +285,9 @@ def runnable_on_this_backend(model: keras.Model) -> keras.Model:
 def check_parameter_count(count: int, source) -> None:
     """Refuse a model of more than ``MAX_PARAMETERS`` parameters."""
     if count > MAX_PARAMETERS:
-        raise InputError(source, f"the model asks for {count:,} parameters; more than {MAX_PARAMETERS:,} is "
+        # filters of 10**400 in a config: a number of 400 digits (or past Python's 4,300) is no message
+        said = f"{count:,}" if count < 10**30 else f"about 2^{count.bit_length() - 1}"
+        raise InputError(source, f"the model asks for {said} parameters; more than {MAX_PARAMETERS:,} is "
                                  "refused (a cap of this tool; raise "
                                  "mnist_multibackend.legacy.architecture.MAX_PARAMETERS to accept it)")
 
