@@ -376,7 +376,7 @@ BAD_INPUT = [
     Case("label outside 0-9 in IDX", ("convert", "{tmp}/images", "{tmp}/labels", "-o", "{tmp}/out.csv"),
          {"images": IMAGES, "labels": _idx([1, 2, 10])}, ("labels", "record 2: label 10 is outside 0-9")),
     Case("an image that is not an image", ("predict", "{model}", "{tmp}/digit.png"),
-         {"digit.png": b"hello, I am text"}, ("digit.png", "not a PNG or JPEG image")),
+         {"digit.png": b"hello, I am text"}, ("digit.png", "not a PNG, JPEG, GIF, BMP, TIFF or WebP image")),
     Case("a truncated image", ("predict", "{model}", "{tmp}/digit.png"), {"digit.png": _png(DIGIT)[:60]},
          ("digit.png", "not a readable image")),
     Case("an image with no digit", ("predict", "{model}", "{tmp}/digit.png"),
