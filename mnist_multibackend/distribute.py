@@ -36,7 +36,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from .errors import InputError, require_at_least
+from .errors import InputError, first_line, require_at_least
 from .model import LEARNING_RATE, build_model, compile_model, plain_copy
 from .runtime import Runtime
 
@@ -178,8 +178,12 @@ def _jax_data_parallel(kind: str, count: int | None) -> Replicas:
 def _tensorflow_data_parallel(kind: str, count: int | None) -> Replicas:
     import tensorflow as tf
 
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    jobs = resolver.cluster_spec().as_dict()
+    try:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        jobs = resolver.cluster_spec().as_dict()
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # its JSON, and the shapes of its parts
+        raise InputError("TF_CONFIG", f"not a TensorFlow cluster description: {first_line(err, limit=200)} "
+                                      "(see docs/gpu-and-distributed.md)") from None
     tasks = [(job, i) for job in ("chief", "worker") for i in range(len(jobs.get(job, [])))]
     if len(tasks) > 1:
         if count is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
 import shlex
+import socket
 import sys
 
 from . import xla_cpu_flags
@@ -22,6 +24,9 @@ from .errors import InputError, first_line, require_at_least
 BACKENDS = ("tensorflow", "jax")
 DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_BACKEND = "tensorflow"  # Keras's own default
+# Logical CPU devices for data-parallel training without accelerators (--cpu-devices): they share the
+# host's cores, so more than a few show the engine, not more speed.
+MAX_CPU_DEVICES = 256
 # The pyproject extra that brings each backend's CUDA build.
 GPU_EXTRAS = {"tensorflow": "tensorflow-gpu", "jax": "jax-gpu"}
 
@@ -39,8 +44,14 @@ class Cluster:
 
     def check(self) -> None:
         host, _, port = self.coordinator.rpartition(":")
-        if not host or not port.isdigit():
-            raise InputError("--coordinator", f"expected HOST:PORT. Received: {self.coordinator!r}")
+        # ASCII digits only: str.isdigit() takes "١٢٣٤", which crashed JAX's C++ side, as did 2**64 + 1
+        if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise InputError("--coordinator", f"expected HOST:PORT, a port from 1 to 65535. "
+                                              f"Received: {self.coordinator!r}")
+        try:  # a name that does not resolve left the process waiting for JAX's time-out, silently
+            socket.getaddrinfo(host.strip("[]"), int(port))
+        except (OSError, UnicodeError) as err:
+            raise InputError("--coordinator", f"host {host!r} does not resolve ({err})") from None
         require_at_least("--num-processes", self.num_processes)
         if not 0 <= self.process_id < self.num_processes:
             raise InputError("--process-id", f"must be in 0..{self.num_processes - 1}. Received: {self.process_id}")
@@ -58,8 +69,10 @@ class Runtime:
     python_version: str = platform.python_version()
 
     def describe(self) -> str:
+        devices = self.devices if len(self.devices) <= 4 else \
+            (self.devices[0], "...", f"{self.devices[-1]}: {len(self.devices)} devices")
         return (f"backend {self.backend} {self.backend_version}, keras {self.keras_version}, "
-                f"device {self.device} ({', '.join(self.devices)})")
+                f"device {self.device} ({', '.join(devices)})")
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "devices": list(self.devices)}
@@ -100,6 +113,9 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
         raise InputError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
     if cpu_devices is not None:
         require_at_least("--cpu-devices", cpu_devices)
+        if cpu_devices > MAX_CPU_DEVICES:  # 100,000 never finished starting, past 7 GB
+            raise InputError("--cpu-devices", f"at most {MAX_CPU_DEVICES} logical devices (each a replica of the "
+                                              f"model on the same cores). Received: {cpu_devices}")
         if device == "gpu":
             raise InputError("--cpu-devices", "splits the host CPU into logical devices; it cannot be used "
                                               "with --device gpu")

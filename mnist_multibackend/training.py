@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from . import data, legacy
 from .atomic import atomic_folder, atomic_path, write_text
 from .callbacks import ElapsedClock, EpochTimer, StepProgbar
 from .distribute import Replicas, data_parallel
+from .errors import InputError
 from .evaluation import score
 from .feeding import EpochBatches
 from . import jax_cpu, tf_cpu
@@ -93,8 +95,10 @@ def train(config: TrainConfig, runtime: Runtime, callbacks=(), dataset: data.Dat
     with replicas.scope():
         history = model.fit(**feed, epochs=config.epochs,
                             validation_data=(x_val, y_val) if config.validate else None,
-                            callbacks=[timer, clock, StepProgbar(), *replicas.callbacks, *callbacks], verbose=1)
+                            callbacks=[timer, clock, StepProgbar(), keras.callbacks.TerminateOnNaN(),
+                                       *replicas.callbacks, *callbacks], verbose=1)
     wall_seconds = time.perf_counter() - started
+    _refuse_divergence(history.history, model, config)
     model = replicas.single_device_copy(model, learning_rate)
     logs, epoch_seconds = history.history, timer.seconds
     if checkpoint:  # every epoch, those of the interrupted process included
@@ -175,6 +179,19 @@ def time_to_accuracy(accuracies, elapsed_seconds, target: float = TARGET_ACCURAC
         if accuracy >= target:
             return {"target": target, "epoch": epoch, "seconds": round(seconds, 3), "accuracy": float(accuracy)}
     return {"target": target, "epoch": None, "seconds": None, "accuracy": None}
+
+
+def _refuse_divergence(history: dict, model: keras.Model, config: TrainConfig) -> None:
+    """A loss of NaN or infinity (Keras's TerminateOnNaN stops there), or weights of them after the last step:
+    a run folder of them would be refused by every other command. So nothing is written, and the line says why."""
+    said = f"at a learning rate of {config.learning_rate:g} ({config.recipe} recipe); nothing was written. Try a " \
+           "lower --learning-rate"
+    for epoch, loss in enumerate(history.get("loss", []), start=1):
+        if not math.isfinite(loss):
+            raise InputError("--learning-rate", f"training diverged: the loss became {loss} in epoch {epoch} {said}")
+    for weight in model.trainable_weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
+            raise InputError("--learning-rate", f"training diverged: {weight.path} became NaN or infinite {said}")
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import RANDOM_STATE, SHARED, assert_clean_error, cli_peak_rss, missing
+from conftest import RANDOM_STATE, SHARED, assert_clean_error, cli, cli_peak_rss, missing
 from mnist_multibackend import checkpoint, data, model_files, predict, report
 from mnist_multibackend.errors import InputError
 
@@ -1155,3 +1155,13 @@ def test_a_parameter_count_past_any_sensible_size_is_said_in_a_short_line():
         with pytest.raises(InputError, match=f"{re.escape(said)}; more than 50,000,000") as refused:
             check_parameter_count(count, "model.h5")
         assert len(str(refused.value)) < 300
+
+
+def test_a_training_that_diverges_writes_no_run_folder(tmp_path, mnist_dir):
+    """A learning rate of 1e300: the weights become NaN. A run folder of them would be refused by every other
+    command, so none is written (it trains first: only the outcome is bad)."""
+    result = cli("train", "--data", mnist_dir, "--limit", "64", "--epochs", "1", "--learning-rate", "1e300",
+                 "--out", tmp_path / "run")
+    assert_clean_error(result, "--learning-rate", "training diverged: ", "at a learning rate of 1e+300",
+                       "nothing was written")
+    assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []

@@ -165,6 +165,13 @@ def test_even_share_refuses_a_batch_that_does_not_split():
      ["--coordinator", "expected HOST:PORT", "'nohost'"]),
     (["--distribute", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
      ["--process-id", "must be in 0..1"]),
+    # Ports that str.isdigit() or int() take but JAX's C++ side crashed on (exit 139), and port 0, which hung.
+    *[(["--distribute", "--coordinator", f"localhost:{port}", "--num-processes", "1", "--process-id", "0"],
+       ["--coordinator", "a port from 1 to 65535", port]) for port in ("١٢٣٤", "99999", str(2**64 + 1), "0")],
+    # A name that does not resolve: JAX waited for its time-out, saying nothing.
+    (["--distribute", "--coordinator", "no.such.host.invalid:1234", "--num-processes", "1", "--process-id", "0"],
+     ["--coordinator", "host 'no.such.host.invalid' does not resolve"]),
+    (["--distribute", "--cpu-devices", "100000"], ["--cpu-devices", "at most 256 logical devices", "100000"]),
 ])
 def test_parallel_flags_are_checked_before_the_backend_starts(capsys, args, fragments):
     assert cli_module.main(["train", *args]) == cli_module.EXIT_BAD_INPUT
@@ -179,6 +186,14 @@ def test_tensorflow_takes_its_cluster_from_tf_config(capsys):
     args = ["train", "--distribute", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
     assert cli_module.main(args) == cli_module.EXIT_BAD_INPUT
     assert "reads its cluster from TF_CONFIG" in capsys.readouterr().err
+
+
+@pytest.mark.tensorflow
+def test_a_tf_config_that_is_not_a_cluster_description_is_one_line(mnist_dir, tmp_path):
+    result = cli("train", "--distribute", "--limit", 256, "--data", mnist_dir, "--out", tmp_path / "run",
+                 env={"TF_CONFIG": "garbage"})
+    assert_clean_error(result, "TF_CONFIG", "not a TensorFlow cluster description")
+    assert not (tmp_path / "run").exists()
 
 
 def test_batch_that_does_not_split_across_replicas_is_refused(mnist_dir, tmp_path):
