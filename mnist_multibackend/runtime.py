@@ -15,6 +15,7 @@ import re
 import shlex
 import socket
 import sys
+from pathlib import Path
 
 from . import xla_cpu_flags
 from .allocator import keep_freed_memory
@@ -142,16 +143,28 @@ def start(backend: str | None = None, device: str = "auto", cpu_devices: int | N
         # when the backend first touches the GPU; a user's own setting wins.
         os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if not keras_loaded:
+        _check_keras_json()
     try:
         if backend == "jax":
             devices, used = _start_jax(device, keras_loaded, cpu_devices, cluster)
         else:
             devices, used = _start_tensorflow(device, cpu_devices)
+        import keras  # (already, where the backend's start needed it) reads keras.json
     except ImportError as err:
         raise InputError("backend", f"{backend} is not installed ({err}); "
                                     f"pip install 'mnist-multibackend'") from None
-    import keras
-
+    except (ValueError, TypeError, AttributeError, AssertionError) as err:
+        # Keras (and TensorFlow's own Keras, as TensorFlow loads) refused its settings file: a list, an epsilon
+        # that is not a float, a floatx it does not know
+        if "keras" not in sys.modules and os.path.exists(_keras_json()):
+            raise InputError(_keras_json(), f"Keras refuses its settings ({first_line(err, limit=200)})") from None
+        raise
+    except RuntimeError as err:
+        if backend == "jax" and os.environ.get("JAX_PLATFORMS"):  # a platform JAX does not have here
+            raise InputError("JAX_PLATFORMS", f"{os.environ['JAX_PLATFORMS']!r}: {first_line(err, limit=300)}") \
+                from None
+        raise
     if keras.backend.backend() != backend:  # e.g. keras.json overrode the environment
         raise InputError("backend", f"Keras loaded the {keras.backend.backend()} backend, not {backend}")
     overridden = pin_keras_config()
@@ -201,6 +214,16 @@ def keras_config() -> dict:
 def _keras_json() -> str:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(home, "keras.json")
+
+
+def _check_keras_json() -> None:
+    """Keras reads keras.json as it is imported, with a plain open(): a FIFO there would block the import
+    for ever and /dev/zero fill the memory. Only a small regular file is left for it to read."""
+    path = Path(_keras_json())
+    if path.exists() or path.is_symlink():
+        from .runs import read_record
+
+        read_record(path, limit=64 * 2**10)  # a keras.json holds five settings
 
 
 def _no_gpu(backend: str, seen) -> InputError:

@@ -69,8 +69,15 @@ def _library_knows(folder: Path) -> bool:
 
 def policy(environ, xla_knows: bool, jax_running: bool) -> str:
     """What ``apply`` does in a process with ``environ``: ``set``, or why it leaves ``XLA_FLAGS`` alone."""
-    if FLAG in environ.get("XLA_FLAGS", ""):
+    flags = environ.get("XLA_FLAGS", "").strip()
+    if FLAG in flags:
         return "user's setting"
+    if flags and not flags.startswith("-"):  # XLA then reads its flags from the file of that name
+        return "a file of flags (XLA_FLAGS names one)"
+    try:
+        shlex.split(flags)
+    except ValueError:  # unbalanced quotes: what the user wrote is left for XLA to judge
+        return "user's flags, unbalanced quotes"
     if jax_running:
         return "JAX already running"
     if not xla_knows:

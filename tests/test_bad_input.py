@@ -1165,3 +1165,28 @@ def test_a_training_that_diverges_writes_no_run_folder(tmp_path, mnist_dir):
     assert_clean_error(result, "--learning-rate", "training diverged: ", "at a learning rate of 1e+300",
                        "nothing was written")
     assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, expect", [
+    (os.mkfifo, "keras.json: is a FIFO (named pipe), expected a regular file"),  # the import blocked for ever
+    ('{"epsilon": 1}', "keras.json: Keras refuses its settings ("),  # an int: Keras (and TensorFlow's) want a float
+    ("[1, 2]", "keras.json: Keras refuses its settings ('list' object has no attribute 'get')"),
+])
+def test_a_keras_json_keras_cannot_read_is_one_line(tmp_path, content, expect):
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    if callable(content):
+        content(home / "keras.json")
+    else:
+        (home / "keras.json").write_text(content)
+    np.save(tmp_path / "digits.npy", np.zeros((1, 28, 28), np.uint8))
+    result = cli("predict", SEED_FILES / "MNIST_keras_CNN.h5", tmp_path / "digits.npy", env={"KERAS_HOME": str(home)})
+    assert_clean_error(result, expect)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("platforms", ["bogus", "rocm"])
+def test_a_jax_platform_jax_does_not_have_is_one_line(tmp_path, platforms):
+    np.save(tmp_path / "digits.npy", np.zeros((1, 28, 28), np.uint8))
+    result = cli("predict", SEED_FILES / "MNIST_keras_CNN.h5", tmp_path / "digits.npy", env={"JAX_PLATFORMS": platforms})
+    assert_clean_error(result, "JAX_PLATFORMS", f"'{platforms}': Unable to initialize backend")

@@ -194,6 +194,15 @@ def test_bench_without_data_is_one_clean_error(tmp_path):
 def test_bench_rejects_a_bad_batch_size(tmp_path):
     result = cli("bench", "--batch-sizes", "128,0", "--out", tmp_path)
     assert result.returncode == 2 and "must be at least 1" in result.stderr
+    # 10**9 started a worker that asked for 34 GB and relayed its traceback
+    assert_clean_error(cli("bench", "--batch-sizes", "128,1000000000", "--out", tmp_path / "b"),
+                       "--batch-sizes", "at most 60,000", "1,000,000,000")
+
+
+def test_time_to_accuracy_rejects_runs_past_its_cap(tmp_path):
+    # 10**8 runs built a plan of 10**8 entries: 13 GB before anything was checked
+    assert_clean_error(cli("time-to-accuracy", "--runs", "100000000", "--out", tmp_path / "t"),
+                       "--runs", "at most 100 runs", "100,000,000")
 
 
 @pytest.mark.slow

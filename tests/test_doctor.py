@@ -130,8 +130,15 @@ def test_a_bench_from_another_cpu_is_not_this_machines_answer(tmp_path, monkeypa
                                   json.dumps({"schema": 1, "machine": {}, "fastest": {"train": {"backend": 7}}}),
                                   json.dumps({"schema": 1, "machine": {}, "fastest": {}, "finished_at": "x",
                                               "command": "x", "results": "x",
-                                              "side_by_side": {"base": "a", "other": "b", "ratios": {"train": [{}]}}})],
-                         ids=["truncated", "a list", "binary", "damaged-entry", "damaged-side-by-side"])
+                                              "side_by_side": {"base": "a", "other": "b", "ratios": {"train": [{}]}}}),
+                                  # entries that passed the check and then crashed doctor's page
+                                  json.dumps({"schema": 1, "machine": {}, "finished_at": "x", "command": "x",
+                                              "results": "x", "fastest": {"train": {"backend": "jax",
+                                                                                    "images_per_second": 9}}}),
+                                  json.dumps({"schema": 1, "machine": {"cpu_features": 5}, "fastest": {},
+                                              "finished_at": "x", "command": "x", "results": "x"})],
+                         ids=["truncated", "a list", "binary", "damaged-entry", "damaged-side-by-side",
+                              "no-device", "features-not-a-list"])
 def test_a_corrupt_summary_is_a_notice(tmp_path, monkeypatch, text):
     monkeypatch.setenv(last_run.CACHE_VARIABLE, str(tmp_path))
     (tmp_path / "last-bench.json").write_bytes(text.encode("latin-1"))

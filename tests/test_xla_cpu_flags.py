@@ -18,6 +18,11 @@ from mnist_multibackend.xla_cpu_flags import FLAG, SETTING
     ({}, True, True, "JAX already running"),
     ({"XLA_FLAGS": f"{FLAG}=+LIBRARY_FUSION_TYPE_ELTWISE"}, True, False, "user's setting"),
     ({"XLA_FLAGS": f"{FLAG}=individual_dot"}, False, True, "user's setting"),
+    # XLA reads a value that does not start with "-" as the name of a file of flags: appending would
+    # make it look for a file named "flags.txt --xla_cpu_...", and every JAX command would die.
+    ({"XLA_FLAGS": "/home/me/flags.txt"}, True, False, "a file of flags (XLA_FLAGS names one)"),
+    ({"XLA_FLAGS": "--xla_dump_to='/tmp/a b"}, True, False, "user's flags, unbalanced quotes"),
+    ({"XLA_FLAGS": "   "}, True, False, "set"),
 ])
 def test_policy_adds_the_flag_only_where_xla_knows_it_and_the_user_has_not_chosen(environ, knows, running, expected):
     assert xla_cpu_flags.policy(environ, knows, running) == expected

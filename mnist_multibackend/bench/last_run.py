@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from mnist_multibackend.atomic import write_text
-from mnist_multibackend.errors import InputError
+from mnist_multibackend.errors import InputError, one_line
 from mnist_multibackend.runs import read_record
 
 FILE_NAME = "last-bench.json"
@@ -108,8 +108,9 @@ def read(here: dict) -> dict:
         return {**found, "status": "other cpu", "recorded": summary,
                 "message": f"the last benchmark ran on another CPU ({recorded.get('cpu')}, features: {features}), "
                            "so it says nothing about this one: mnist-mb bench --quick"}
-    return {**found, "status": "this machine", **summary,
-            "message": f"measured {summary['finished_at']} by `{summary['command']}`; results in {summary['results']}"}
+    return {**found, "status": "this machine", **summary,  # the file's words, never a terminal's escapes
+            "message": one_line(f"measured {summary['finished_at']} by `{summary['command']}`; results in "
+                                f"{summary['results']}")}
 
 
 def _unreadable(found: dict, reason: str) -> dict:
@@ -124,10 +125,15 @@ def _problem(summary) -> str | None:
     machine, fastest = summary.get("machine"), summary.get("fastest")
     if not isinstance(machine, dict) or not isinstance(fastest, dict):
         return "no machine or no fastest entry"
+    features = machine.get("cpu_features")
+    if features is not None and not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+        return "damaged CPU features"
     for mode in MODES:
         best = fastest.get(mode)
         if best is not None and not (isinstance(best, dict) and isinstance(best.get("images_per_second"), (int, float))
-                                     and isinstance(best.get("backend"), str)):
+                                     and isinstance(best.get("backend"), str) and isinstance(best.get("device"), str)
+                                     and isinstance(best.get("batch_size"), int)
+                                     and isinstance(best.get("replicas", 1), int)):
             return f"a damaged {mode} entry"
     if not all(isinstance(summary.get(key), str) for key in ("finished_at", "command", "results")):
         return "no date, command or results folder"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mnist_multibackend import data
-from mnist_multibackend.errors import require_at_least
+from mnist_multibackend.errors import InputError, require_at_least
 from mnist_multibackend.runtime import BACKENDS, results_machine
 
 from . import datapath, last_run, report, side_by_side
@@ -29,6 +29,7 @@ DEVICES = ("cpu", "gpu")
 # Full: the matrix docs/performance.md shows. Quick: the same schema in about 90 s (the test suite runs it).
 # Replica counts on the CPU: 2 logical devices share the same cores, so their efficiency shows
 # the data-parallel engine's overhead, not a speed-up; on GPUs, every visible GPU is added.
+MAX_BATCH_SIZE = 60_000  # MNIST's training images: a window of one step uses a batch of them
 FULL = {"batch_sizes": (32, 128, 512), "windows": 5, "window_seconds": 1.5, "datapath_images": None,
         "datapath_repeats": 3, "cpu_replicas": (2,)}
 QUICK = {"batch_sizes": (128,), "windows": 5, "window_seconds": 0.25, "datapath_images": 2000,
@@ -47,6 +48,9 @@ class BenchConfig:
     def __post_init__(self):
         for batch_size in self.batch_sizes or ():
             require_at_least("--batch-sizes", batch_size)
+            if batch_size > MAX_BATCH_SIZE:  # 10**9 started a worker that asked for 34 GB
+                raise InputError("--batch-sizes", f"at most {MAX_BATCH_SIZE:,} (the training images a window "
+                                                  f"measures on). Received: {batch_size:,}")
 
     def settings(self) -> dict:
         settings = dict(QUICK if self.quick else FULL)

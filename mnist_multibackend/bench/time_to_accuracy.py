@@ -28,7 +28,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mnist_multibackend.atomic import temporary_folder  # noqa: E402
-from mnist_multibackend.errors import require_at_least  # noqa: E402
+from mnist_multibackend.errors import InputError, require_at_least  # noqa: E402
 from mnist_multibackend.recipes import PRECISIONS, RECIPES, TARGET_ACCURACY  # noqa: E402
 from mnist_multibackend.runtime import BACKENDS, cpu_line, results_machine  # noqa: E402
 
@@ -36,6 +36,7 @@ from .report import exit_status, write_results  # noqa: E402
 from .workers import answer_json, run_worker  # noqa: E402
 
 WORKER = "mnist_multibackend.bench.time_to_accuracy"
+MAX_RUNS = 100  # runs of each recipe on each backend: each is a whole training
 
 
 @dataclasses.dataclass
@@ -53,6 +54,9 @@ class TimeToAccuracyConfig:
         for flag, value in (("--runs", self.runs), ("--epochs", self.epochs), ("--limit", self.limit)):
             if value is not None:
                 require_at_least(flag, value)
+        if self.runs > MAX_RUNS:  # the plan is a list of every run: 10**8 of them took 13 GB
+            raise InputError("--runs", f"at most {MAX_RUNS} runs of each recipe on each backend. "
+                                       f"Received: {self.runs:,}")
 
     def command(self) -> str:
         words = ["mnist-mb", "time-to-accuracy", "--backends", ",".join(self.backends), "--recipes",
