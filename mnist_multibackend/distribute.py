@@ -185,6 +185,9 @@ def _tensorflow_data_parallel(kind: str, count: int | None) -> Replicas:
         raise InputError("TF_CONFIG", f"not a TensorFlow cluster description: {first_line(err, limit=200)} "
                                       "(see docs/gpu-and-distributed.md)") from None
     tasks = [(job, i) for job in ("chief", "worker") for i in range(len(jobs.get(job, [])))]
+    if len(tasks) > 1 and (resolver.task_type, resolver.task_id) not in tasks:
+        raise InputError("TF_CONFIG", f"its task ({resolver.task_type} {resolver.task_id}) is not one of its "
+                                      f"cluster's: {', '.join(f'{job} {i}' for job, i in tasks)}")
     if len(tasks) > 1:
         if count is not None:
             raise InputError("replicas", "a multi-worker run uses every worker's devices; leave the count unset")

@@ -87,8 +87,9 @@ def choose_backend(name: str | None = None) -> str:
     """
     requested = name or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
     if requested not in BACKENDS:
-        raise InputError("backend", f"{requested!r} is not supported; choose one of {', '.join(BACKENDS)} "
-                                    "(this project never uses PyTorch)")
+        where = "--backend" if name else "KERAS_BACKEND"  # the setting the user has to change
+        raise InputError(where, f"{requested!r} is not supported; choose one of {', '.join(BACKENDS)} "
+                                "(this project never uses PyTorch)")
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != requested:

@@ -189,10 +189,15 @@ def test_tensorflow_takes_its_cluster_from_tf_config(capsys):
 
 
 @pytest.mark.tensorflow
-def test_a_tf_config_that_is_not_a_cluster_description_is_one_line(mnist_dir, tmp_path):
+@pytest.mark.parametrize("tf_config, expect", [
+    ("garbage", "not a TensorFlow cluster description"),
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 5}}),
+     "its task (worker 5) is not one of its cluster's: worker 0, worker 1"),
+])
+def test_a_tf_config_that_is_not_a_cluster_description_is_one_line(mnist_dir, tmp_path, tf_config, expect):
     result = cli("train", "--distribute", "--limit", 256, "--data", mnist_dir, "--out", tmp_path / "run",
-                 env={"TF_CONFIG": "garbage"})
-    assert_clean_error(result, "TF_CONFIG", "not a TensorFlow cluster description")
+                 env={"TF_CONFIG": tf_config})
+    assert_clean_error(result, "TF_CONFIG", expect)
     assert not (tmp_path / "run").exists()
 
 

@@ -24,9 +24,12 @@ def test_switching_backend_after_keras_is_imported_is_refused():
     assert choose_backend(BACKEND) == BACKEND
 
 
-def test_pytorch_and_unknown_backends_are_refused():
-    with pytest.raises(InputError, match="never uses PyTorch"):
+def test_pytorch_and_unknown_backends_are_refused(monkeypatch):
+    with pytest.raises(InputError, match="--backend: 'torch' is not supported.*never uses PyTorch"):
         choose_backend("torch")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")  # the refusal names the setting to change
+    with pytest.raises(InputError, match="KERAS_BACKEND: 'torch' is not supported"):
+        choose_backend(None)
 
 
 def test_backend_flag_overrides_the_environment(seed_dir, mnist_dir):
