@@ -11,6 +11,7 @@ files map onto the layers by name.
 """
 
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -57,6 +58,15 @@ def compile_model(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Mode
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, epsilon=ADAM_EPSILON),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def first_non_finite(weights):
+    """The first of ``weights`` (Keras variables) of floating point that holds NaN or infinity; None if none.
+    Such a model gives confident nonsense: ReLU and pooling hide a NaN."""
+    for weight in weights:
+        if weight.dtype.startswith(("float", "bfloat")) and not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
+            return weight
+    return None
 
 
 def plain_copy(model: keras.Model, learning_rate=LEARNING_RATE) -> keras.Model:

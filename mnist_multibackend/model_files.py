@@ -22,8 +22,9 @@ import h5py
 
 from .data import MAX_ZIP_DIRECTORY_BYTES, read_npy_header, zip_directory_bytes
 from .errors import InputError, first_line
-from .legacy.safety import (CHECKPOINT_VALUES_PER_PARAMETER, KERAS_ARCHIVE, check_h5_structure, disguised_content,
-                            existing_file, full_model_configs, open_h5, parse_json, parse_keras2_yaml, read_text_file)
+from .legacy.safety import (KERAS_ARCHIVE, check_h5_structure, disguised_content, existing_file,
+                            full_model_configs, open_h5, parse_json, parse_keras2_yaml, read_text_file,
+                            weights_bytes_limit)
 
 LEGACY_SUFFIXES = (".h5", ".hdf5")  # a Keras 2 model.save() file
 ARCHITECTURE_SUFFIXES = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}  # to_yaml() / to_json() text
@@ -172,8 +173,7 @@ def check_keras_archive(path, count_parameters=None) -> None:
 def _check_npz_weights_member(handle, path, parameters: int | None) -> None:
     # Keras's other weights format: an .npz inside the .keras, each array's .npy header read (not its
     # data) and their declared sizes summed against what the model and its optimizer can hold.
-    limit = MAX_KERAS_UNCOMPRESSED_BYTES if parameters is None else \
-        CHECKPOINT_VALUES_PER_PARAMETER * 8 * parameters + 2**20
+    limit = MAX_KERAS_UNCOMPRESSED_BYTES if parameters is None else weights_bytes_limit(parameters)
     where = f"{path} (model.weights.npz)"
     try:
         with zipfile.ZipFile(handle) as weights:
@@ -195,7 +195,7 @@ def _check_npz_weights_member(handle, path, parameters: int | None) -> None:
 
 def _check_weights_member(handle, path, parameters: int | None) -> None:
     # A .weights.h5 holds the weights and, for a compiled model, the optimizer's variables.
-    limit = None if parameters is None else CHECKPOINT_VALUES_PER_PARAMETER * 8 * parameters + 2**20
+    limit = None if parameters is None else weights_bytes_limit(parameters)
     try:
         with h5py.File(handle, "r") as f:
             check_h5_structure(f, f"{path} (model.weights.h5)", limit)

@@ -295,7 +295,7 @@ def describe_shapes(model) -> str:
 def check_classifier(model, subject) -> None:
     """Refuse a model that does not map ``(28, 28, 1)`` images to 10 classes, naming what it maps, or that
     takes anything but floating-point images, or whose weights hold NaN or infinity."""
-    import keras  # a model exists: the backend is chosen
+    from .model import first_non_finite  # imports Keras: a model exists, so the backend is chosen
 
     inputs, outputs = model_shapes(model)
     if inputs != [(None, 28, 28, 1)] or outputs != [(None, data.NUM_CLASSES)]:
@@ -304,9 +304,9 @@ def check_classifier(model, subject) -> None:
     dtype = str(model.inputs[0].dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise InputError(subject, f"not a digit classifier: it takes {dtype[:40]} inputs, not floating-point images")
-    for weight in model.weights:  # NaN or infinity gives confident nonsense (ReLU and pooling hide a NaN)
-        if weight.dtype.startswith(("float", "bfloat")) and not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
-            raise InputError(subject, f"its weight {weight.path} holds NaN or infinite values")
+    weight = first_non_finite(model.weights)
+    if weight is not None:
+        raise InputError(subject, f"its weight {weight.path} holds NaN or infinite values")
 
 
 def predict_digits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:

@@ -31,7 +31,7 @@ from .errors import InputError
 from .evaluation import score
 from .feeding import EpochBatches
 from . import jax_cpu, tf_cpu
-from .model import plain_copy
+from .model import first_non_finite, plain_copy
 from .recipes import PRECISIONS, RECIPES, TARGET_ACCURACY, TrainConfig, learning_rate_schedule, steps_per_epoch
 from .runtime import Runtime, keras_config, machine, make_deterministic
 # Batches per call of the compiled training step. On TensorFlow/CPU one call per batch hands control
@@ -189,9 +189,9 @@ def _refuse_divergence(history: dict, model: keras.Model, config: TrainConfig) -
     for epoch, loss in enumerate(history.get("loss", []), start=1):
         if not math.isfinite(loss):
             raise InputError("--learning-rate", f"training diverged: the loss became {loss} in epoch {epoch} {said}")
-    for weight in model.trainable_weights:
-        if not np.isfinite(keras.ops.convert_to_numpy(weight)).all():
-            raise InputError("--learning-rate", f"training diverged: {weight.path} became NaN or infinite {said}")
+    weight = first_non_finite(model.trainable_weights)
+    if weight is not None:
+        raise InputError("--learning-rate", f"training diverged: {weight.path} became NaN or infinite {said}")
 
 
 def write_run(out: Path, model: keras.Model, history: dict, epoch_seconds, metrics: dict) -> None:

@@ -327,6 +327,12 @@ def open_h5(path, max_data_bytes: int | None = None):
 CHECKPOINT_VALUES_PER_PARAMETER = 4
 
 
+def weights_bytes_limit(parameters: int) -> int:
+    """What a file of the weights and optimizer state of a model of ``parameters`` may declare, at most:
+    ``CHECKPOINT_VALUES_PER_PARAMETER`` float64 values per parameter, plus 1 MiB."""
+    return CHECKPOINT_VALUES_PER_PARAMETER * 8 * int(parameters) + 2**20
+
+
 def check_h5_file(path, expected_parameters: int | None = None) -> None:
     """Refuse an untrusted HDF5 file before another reader (Keras's ``load_weights``) opens it.
 
@@ -337,7 +343,7 @@ def check_h5_file(path, expected_parameters: int | None = None) -> None:
     """
     limit = None
     if expected_parameters is not None:
-        limit = min(MAX_H5_DATA_BYTES, CHECKPOINT_VALUES_PER_PARAMETER * 8 * int(expected_parameters) + 2**20)
+        limit = min(MAX_H5_DATA_BYTES, weights_bytes_limit(expected_parameters))
     with open_h5(path, limit):
         pass
 
