@@ -39,8 +39,8 @@ def read_record(path, limit: int = MAX_RECORD_BYTES) -> str:
         data = handle.read(limit + 1)  # the file may have grown since fstat
     if len(data) > limit:
         raise InputError(path, f"is more than {limit:,} bytes; refused as a run record")
-    try:
-        return data.decode("utf-8")
+    try:  # newlines as a text-mode read gives them: a lone "\r" too ends a line (the csv module needs it)
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as err:
         raise InputError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
