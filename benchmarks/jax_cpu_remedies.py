@@ -75,12 +75,15 @@ for _variant, _forms in VARIANTS.items():
     if _forms and _variant != "kept":
         _forms.setdefault("sliced_weight_gradient_convs", ())
         _forms.setdefault("onednn_convs", ())
+        _forms.setdefault("batch_norm", False)  # each earlier study as it was measured: Keras's batch norm
+# Kept's forms with Keras's own batch norm: what jax_cpu.batch_norm_training is measured against.
+VARIANTS["kept with Keras's batch norm"] = {"batch_norm": False}
 # Other slice sizes for the weight gradients (conv -> images per slice; a conv not named keeps XLA's
 # whole-batch gradient), over the pools' mask gradient: measured in the step no faster than kept's 32.
 SLICE_SIZES = {"slices 8/16/whole": {"conv1": 8, "conv2": 16}, "slices 16/16/whole": {"conv1": 16, "conv2": 16},
                "slices 8/8/8": {"conv1": 8, "conv2": 8, "conv3": 8}, "slices 8/32/32": {"conv1": 8, "conv2": 32, "conv3": 32}}
 VARIANTS.update({name: {"same_padded_convs": (), "matmul_convs": (), "sliced_weight_gradient_convs": (),
-                        "onednn_convs": ()} for name in SLICE_SIZES})
+                        "onednn_convs": (), "batch_norm": False} for name in SLICE_SIZES})
 # Ablations, not remedies: kept with some convolutions' weight gradients replaced by zeros (wrong gradients
 # on purpose). The step time they save is what those passes cost inside the step, which the profiler cannot
 # show on XLA:CPU (its convolutions finish after their events end). Weight gradients only: a zero input

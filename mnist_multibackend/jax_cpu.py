@@ -40,10 +40,16 @@ kernels whose speed depends on the shape and formulation, not on the arithmetic
   windows the same gradient is a mask: each window's upstream gradient goes to
   the first of its elements, in row-major order, that equals the window's
   maximum (``select_and_scatter``'s choice under ties), and zero elsewhere.
+- batch norm in training: JAX differentiates Keras's form (the mean, the
+  variance, then the normalisation) into several passes over the activations,
+  which at batch 128 are 9-11 MB each, beyond the caches of some CPUs. The
+  same gradient written out (``batch_norm_training``) reads the layer's input
+  and upstream gradient once for the two per-channel sums and once more for
+  the input gradient, as TensorFlow's fused kernel does.
 
 Only the layers' computations are rebound, on the layer instances: their
-classes, configs, weights and saved files stay those of a plain ``Conv2D`` and
-``MaxPooling2D``, so a saved model loads anywhere as the original.
+classes, configs, weights and saved files stay those of a plain ``Conv2D``,
+``MaxPooling2D`` and ``BatchNormalization``, so a saved model loads anywhere as the original.
 
 ``training.train`` applies them to the model it trains; models built or loaded
 for prediction keep Keras's own computations: in a forward pass alone XLA
@@ -111,7 +117,7 @@ def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None,
              sliced_weight_gradient_convs: tuple[str, ...] | None = None,
-             onednn_convs: tuple[str, ...] | None = None) -> list[str]:
+             onednn_convs: tuple[str, ...] | None = None, batch_norm: bool = True) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     By default the convolutions' forms are this process's (``chosen_conv_forms``);
@@ -148,6 +154,9 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
             changed.append(layer.name)
         elif mask_pool_gradient and _non_overlapping_max_pool(layer):
             layer.call = max_pool_with_mask_gradient(tuple(layer.pool_size))
+            changed.append(layer.name)
+        elif batch_norm and _plain_batch_norm(layer):
+            layer.call = batch_norm_call(layer)
             changed.append(layer.name)
     return changed
 
@@ -314,3 +323,86 @@ def _onednn_conv():
     conv = jax.custom_vjp(convolution)
     conv.defvjp(forward, backward)
     return conv
+
+
+def _plain_batch_norm(layer) -> bool:
+    """A ``BatchNormalization`` that ``batch_norm_training`` computes as Keras does: per-replica statistics,
+    no renormalisation, a learned scale and offset, float weights (the axis is checked per call)."""
+    return (isinstance(layer, keras.layers.BatchNormalization)
+            and type(layer).call is keras.layers.BatchNormalization.call
+            and not layer.synchronized and not layer.renorm and layer.center and layer.scale
+            and layer.variable_dtype in ("float32", "float64")
+            and layer.compute_dtype in ("float32", "bfloat16", "float16"))
+
+
+def batch_norm_call(layer):
+    """``layer.call`` with its training step in ``batch_norm_training``; otherwise (inference, a mask, a frozen
+    layer, channels not last) Keras's own."""
+    keras_call = layer.call
+
+    def call(inputs, training=None, mask=None):
+        if (not (training and layer.trainable) or mask is not None
+                or layer.axis not in (-1, len(inputs.shape) - 1)):
+            return keras_call(inputs, training=training, mask=mask)
+        dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras: statistics in float32 at least
+        outputs, mean, variance = batch_norm_training(
+            keras.ops.cast(inputs, dtype), keras.ops.cast(layer.gamma, dtype), keras.ops.cast(layer.beta, dtype),
+            layer.epsilon)
+        momentum = layer.momentum
+        layer.moving_mean.assign(keras.ops.cast(layer.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
+        layer.moving_variance.assign(
+            keras.ops.cast(layer.moving_variance, dtype) * momentum + variance * (1.0 - momentum))
+        return keras.ops.cast(outputs, layer.compute_dtype)
+
+    return call
+
+
+def batch_norm_training(x, gamma, beta, epsilon: float):
+    """Batch norm of channels-last ``x`` over all but its last axis: ``(outputs, mean, variance)``, computed as
+    Keras computes them (the variance without Bessel's correction), with the gradient written out."""
+    return _batch_norm_training()(x, gamma, beta, epsilon)
+
+
+@functools.cache
+def _batch_norm_training():
+    import jax
+    import jax.numpy as jnp
+
+    def statistics(x):
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axes)
+        return mean, jnp.mean(jnp.square(x - mean), axes)  # jnp.var's two passes, as Keras's moments
+
+    def normalised(x, mean, variance, gamma, beta, epsilon):
+        inv = jax.lax.rsqrt(variance + epsilon) * gamma  # ops.batch_normalization's order of operations
+        return x * inv + (beta - mean * inv)
+
+    def batch_norm(x, gamma, beta, epsilon):
+        mean, variance = statistics(x)
+        return normalised(x, mean, variance, gamma, beta, epsilon), mean, variance
+
+    def forward(x, gamma, beta, epsilon):
+        mean, variance = statistics(x)
+        outputs = normalised(x, mean, variance, gamma, beta, epsilon)
+        return (outputs, mean, variance), (x, mean, jax.lax.rsqrt(variance + epsilon), gamma)
+
+    def backward(epsilon, residuals, cotangents):
+        # With xhat = (x - mean) * inv_std over N values per channel: d beta = sum(g), d gamma = sum(g * xhat),
+        # and d x = gamma * inv_std * (g - (d beta + xhat * d gamma) / N), plus what reaches x through the mean
+        # and variance returned (1 / N and 2 (x - mean) / N; zero when only the moving statistics use them).
+        x, mean, inv_std, gamma = residuals
+        grad, grad_mean, grad_variance = cotangents
+        axes = tuple(range(x.ndim - 1))
+        count = x.size // x.shape[-1]
+        centered = x - mean
+        grad_beta = jnp.sum(grad, axes)
+        grad_gamma = jnp.sum(grad * centered, axes) * inv_std
+        scale = gamma * inv_std
+        per_centered = (2.0 * grad_variance - scale * inv_std * grad_gamma) / count
+        constant = (grad_mean - scale * grad_beta) / count
+        grad_x = grad * scale + centered * per_centered + constant
+        return grad_x.astype(x.dtype), grad_gamma.astype(gamma.dtype), grad_beta.astype(gamma.dtype)
+
+    batch_norm = jax.custom_vjp(batch_norm, nondiff_argnums=(3,))
+    batch_norm.defvjp(forward, backward)
+    return batch_norm

@@ -13,7 +13,7 @@ import pytest
 from conftest import BACKEND
 from mnist_multibackend import data
 from cpuinfo_samples import EPYC_AVX2, EPYC_AVX512, GRAVITON2, XEON_AMX
-from mnist_multibackend.jax_cpu import (CONVS, ONEDNN_CONVS, WEIGHT_GRADIENT_SLICE, conv_forms,
+from mnist_multibackend.jax_cpu import (CONVS, ONEDNN_CONVS, WEIGHT_GRADIENT_SLICE, batch_norm_call, conv_forms,
                                         conv_with_sliced_weight_gradient, speed_up)
 from mnist_multibackend.jax_onednn import available as onednn_available
 from mnist_multibackend.model import build_model, compile_model
@@ -81,10 +81,11 @@ def test_onednn_loads_where_the_project_installs_it():
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
     chosen = conv_forms(cpu_features(), in_force(), onednn_available())
     rebound = sum(chosen.values(), ())
-    expected = [name for name in ("conv0", "conv1", "MP1", "conv2", "conv3", "MP2")
-                if name.startswith("MP") or name in rebound]
+    expected = [name for name in ("conv0", "bn0", "conv1", "bn1", "MP1", "conv2", "bn2", "conv3", "bn3", "MP2")
+                if name[:2] in ("MP", "bn") or name in rebound]
     assert speed_up(build_model()) == expected
-    assert speed_up(build_model(), **{**NONE, "same_padded_convs": ("conv1",)}) == ["conv1", "MP1", "MP2"]
+    assert speed_up(build_model(), **{**NONE, "same_padded_convs": ("conv1",)}, batch_norm=False) == [
+        "conv1", "MP1", "MP2"]
 
 
 def test_models_for_inference_keep_kerass_own_computations():
@@ -142,6 +143,10 @@ def test_outputs_and_gradients_equal_the_plain_model(images, form):
         return keras.losses.categorical_crossentropy(y, probabilities).mean()
 
     np.testing.assert_allclose(model.predict(x, verbose=0), twin.predict(x, verbose=0), atol=1e-5, rtol=0)
+    # The batch norms' moving statistics after a training step, as Keras's own layers update them.
+    for fast_value, plain_value in zip(model.stateless_call(*state, x, training=True)[1],
+                                       twin.stateless_call(*state, x, training=True)[1], strict=True):
+        np.testing.assert_allclose(np.asarray(fast_value), np.asarray(plain_value), atol=1e-6, rtol=1e-5)
     fast, plain = jax.grad(loss)(state[0], model), jax.grad(loss)(state[0], twin)
     for variable, a, b in zip(model.trainable_variables, fast, plain, strict=True):
         # Float32 sums in another order: conv1's kernel gradient sums 43,264 products per element, and
@@ -199,3 +204,70 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_keras_does():
     plain_y, plain_vjp = jax.vjp(keras_pool, x)
     np.testing.assert_array_equal(fast_y, plain_y)
     np.testing.assert_array_equal(fast_vjp(grad)[0], plain_vjp(grad)[0])
+
+
+def _batch_norm_twins(**options):
+    """A BatchNormalization with random weights and statistics, and a copy whose training computation is
+    ``jax_cpu.batch_norm_call``'s."""
+    rng = np.random.default_rng(1)
+    layers = []
+    for _ in range(2):
+        layer = keras.layers.BatchNormalization(momentum=0.9, **options)
+        layer.build((6, 5, 5, 4) if options.get("axis", -1) == -1 else (6, 4, 5, 5))
+        layers.append(layer)
+    weights = [rng.normal(1.0, 0.5, w.shape) for w in layers[0].get_weights()]
+    weights[3] = np.abs(weights[3])  # a variance
+    for layer in layers:
+        layer.set_weights(weights)
+    layers[1].call = batch_norm_call(layers[1])
+    return layers
+
+
+@pytest.mark.jax
+def test_batch_norm_gradient_written_out_is_kerass():
+    """Against Keras's own layer: the outputs, the moving statistics and every gradient, the input's included,
+    for a loss that weighs the outputs unevenly per channel and position. Float32 sums in another order: the
+    tolerance is float32's (in float64 the two agreed to 1e-15; a wrong term would be off by the gradient's
+    own scale)."""
+    import jax
+
+    plain, fast = _batch_norm_twins()
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, (6, 5, 5, 4)).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+
+    def run(layer, trainable, x):
+        outputs, statistics = layer.stateless_call(trainable, [v.value for v in layer.non_trainable_variables], x,
+                                                   training=True)
+        return (outputs * weights).sum() + (outputs ** 2).sum(), (outputs, statistics)
+
+    trainable = [v.value for v in plain.trainable_variables]
+    (plain_grads, (plain_out, plain_stats)), (fast_grads, (fast_out, fast_stats)) = (
+        jax.grad(run, argnums=(1, 2), has_aux=True)(layer, trainable, x) for layer in (plain, fast))
+    np.testing.assert_allclose(fast_out, plain_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_stats, plain_stats, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("case", ["inference", "frozen", "channels first"])
+def test_batch_norm_left_to_keras_where_the_form_does_not_apply(case):
+    plain, fast = _batch_norm_twins(**({"axis": 1} if case == "channels first" else {}))
+    x = np.random.default_rng(3).normal(size=(6, 4, 5, 5) if case == "channels first" else (6, 5, 5, 4))
+    x = x.astype(np.float32)
+    if case == "frozen":
+        plain.trainable = fast.trainable = False
+    training = case != "inference"
+    np.testing.assert_array_equal(fast(x, training=training), plain(x, training=training))
+    for a, b in zip(fast.non_trainable_variables, plain.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("options", [{"center": False}, {"scale": False}, {"renorm": True}])
+def test_speed_up_leaves_other_batch_norms_alone(options):
+    inputs = keras.Input((5, 5, 4))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(**options)(inputs))
+    assert speed_up(model) == []
