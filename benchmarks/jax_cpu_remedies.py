@@ -92,6 +92,10 @@ ABLATIONS = {"ablation: conv1 without weight gradient": ("conv1",),
              "ablation: conv2-3 without weight gradients": ("conv2", "conv3"),
              "ablation: conv1-3 without weight gradients": ("conv1", "conv2", "conv3")}
 VARIANTS.update({name: {} for name in ABLATIONS})  # kept's forms, then the ablation over them
+# Kept without the convolutions' bias additions (and their gradients): the most that adding the bias inside
+# oneDNN's convolution could save (a pass over each convolution's output, which XLA cannot fuse into a custom call).
+NO_BIAS_ABLATION = "ablation: convolutions without bias"
+VARIANTS[NO_BIAS_ABLATION] = {}
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 
@@ -186,6 +190,9 @@ def main(argv=None) -> int:
             model.get_layer(name).convolution_op = xla_input_gradient()
         for name in ABLATIONS.get(variant, ()):
             model.get_layer(name).convolution_op = without_weight_gradient()
+        if variant == NO_BIAS_ABLATION:
+            for name in ("conv0", "conv1", "conv2", "conv3"):
+                model.get_layer(name).use_bias = False  # Keras's call then skips the addition
         for name, size in SLICE_SIZES.get(variant, {}).items():
             model.get_layer(name).convolution_op = functools.partial(conv_with_sliced_weight_gradient, slice_size=size)
         model.train_on_batch(x, y)  # builds the optimizer and metric variables of the step's state
