@@ -373,17 +373,13 @@ def _batch_norm_training():
         mean = jnp.mean(x, axes)
         return mean, jnp.mean(jnp.square(x - mean), axes)  # jnp.var's two passes, as Keras's moments
 
-    def normalised(x, mean, variance, gamma, beta, epsilon):
-        inv = jax.lax.rsqrt(variance + epsilon) * gamma  # ops.batch_normalization's order of operations
-        return x * inv + (beta - mean * inv)
-
     def batch_norm(x, gamma, beta, epsilon):
         mean, variance = statistics(x)
-        return normalised(x, mean, variance, gamma, beta, epsilon), mean, variance
+        inv = jax.lax.rsqrt(variance + epsilon) * gamma  # ops.batch_normalization's order of operations
+        return x * inv + (beta - mean * inv), mean, variance
 
     def forward(x, gamma, beta, epsilon):
-        mean, variance = statistics(x)
-        outputs = normalised(x, mean, variance, gamma, beta, epsilon)
+        outputs, mean, variance = batch_norm(x, gamma, beta, epsilon)
         return (outputs, mean, variance), (x, mean, jax.lax.rsqrt(variance + epsilon), gamma)
 
     def backward(epsilon, residuals, cotangents):
@@ -403,6 +399,6 @@ def _batch_norm_training():
         grad_x = grad * scale + centered * per_centered + constant
         return grad_x.astype(x.dtype), grad_gamma.astype(gamma.dtype), grad_beta.astype(gamma.dtype)
 
-    batch_norm = jax.custom_vjp(batch_norm, nondiff_argnums=(3,))
-    batch_norm.defvjp(forward, backward)
-    return batch_norm
+    with_gradient = jax.custom_vjp(batch_norm, nondiff_argnums=(3,))
+    with_gradient.defvjp(forward, backward)
+    return with_gradient
