@@ -20,9 +20,9 @@ applies. All start from the same state (weights, optimizer, dropout seed).
   Then ``model.fit`` itself, plain against ``kept``, the same way
   (``mnist_multibackend.bench.timing.measure``).
 
-The ``ablation:`` variants are not remedies: some weight gradients are zeros
-on purpose, so that the step time they save tells what those passes cost
-inside the step, which XLA:CPU's profile cannot show.
+The ``ablation:`` variants are not remedies: some weight gradients are zeros,
+or some layers' work is left out, on purpose, so that the step time they save
+tells what that work costs inside the step, which XLA:CPU's profile cannot show.
 
 XLA flags are per process: compare them by running this in alternate processes
 with and without ``XLA_FLAGS``; the flags in use are printed and recorded.
@@ -96,6 +96,11 @@ VARIANTS.update({name: {} for name in ABLATIONS})  # kept's forms, then the abla
 # oneDNN's convolution could save (a pass over each convolution's output, which XLA cannot fuse into a custom call).
 NO_BIAS_ABLATION = "ablation: convolutions without bias"
 VARIANTS[NO_BIAS_ABLATION] = {}
+# Kept with its batch norms as identities (and with no bias either): the most that any faster batch norm
+# could save (oneDNN's, with the ReLU after it fused in, was studied: docs/performance.md, "The Ice Lake host").
+NO_BATCH_NORM_ABLATIONS = {"ablation: batch norms as identities": False,
+                           "ablation: batch norms as identities and convolutions without bias": True}
+VARIANTS.update({name: {} for name in NO_BATCH_NORM_ABLATIONS})
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 
@@ -193,6 +198,11 @@ def main(argv=None) -> int:
         if variant == NO_BIAS_ABLATION:
             for name in ("conv0", "conv1", "conv2", "conv3"):
                 model.get_layer(name).use_bias = False  # Keras's call then skips the addition
+        if variant in NO_BATCH_NORM_ABLATIONS:
+            for name in ("bn0", "bn1", "bn2", "bn3"):
+                model.get_layer(name).call = lambda inputs, training=None, mask=None: inputs
+            for name in ("conv0", "conv1", "conv2", "conv3"):
+                model.get_layer(name).use_bias = not NO_BATCH_NORM_ABLATIONS[variant]
         for name, size in SLICE_SIZES.get(variant, {}).items():
             model.get_layer(name).convolution_op = functools.partial(conv_with_sliced_weight_gradient, slice_size=size)
         model.train_on_batch(x, y)  # builds the optimizer and metric variables of the step's state
