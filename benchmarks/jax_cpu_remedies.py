@@ -78,6 +78,8 @@ for _variant, _forms in VARIANTS.items():
         _forms.setdefault("batch_norm", False)  # each earlier study as it was measured: Keras's batch norm
 # Kept's forms with Keras's own batch norm: what jax_cpu.batch_norm_training is measured against.
 VARIANTS["kept with Keras's batch norm"] = {"batch_norm": False}
+# Kept's forms with the batch norm written out for XLA (jax_cpu's form before oneDNN's batch norm and ReLU).
+VARIANTS["kept with XLA's batch norm"] = {"onednn_batch_norm": False}
 # Other slice sizes for the weight gradients (conv -> images per slice; a conv not named keeps XLA's
 # whole-batch gradient), over the pools' mask gradient: measured in the step no faster than kept's 32.
 SLICE_SIZES = {"slices 8/16/whole": {"conv1": 8, "conv2": 16}, "slices 16/16/whole": {"conv1": 16, "conv2": 16},
@@ -96,6 +98,12 @@ VARIANTS.update({name: {} for name in ABLATIONS})  # kept's forms, then the abla
 # oneDNN's convolution could save (a pass over each convolution's output, which XLA cannot fuse into a custom call).
 NO_BIAS_ABLATION = "ablation: convolutions without bias"
 VARIANTS[NO_BIAS_ABLATION] = {}
+# Kept with its batch norms as identities (and with no bias either): the most that any faster batch norm
+# (oneDNN's, with or without the ReLU after it fused in) could save.
+NO_BATCH_NORM_ABLATIONS = {"ablation: batch norms as identities": False,
+                           "ablation: batch norms as identities and convolutions without bias": True}
+# (Without oneDNN's batch norm, which would take the ReLU layers' work into the batch norms removed.)
+VARIANTS.update({name: {"onednn_batch_norm": False} for name in NO_BATCH_NORM_ABLATIONS})
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 
@@ -193,6 +201,11 @@ def main(argv=None) -> int:
         if variant == NO_BIAS_ABLATION:
             for name in ("conv0", "conv1", "conv2", "conv3"):
                 model.get_layer(name).use_bias = False  # Keras's call then skips the addition
+        if variant in NO_BATCH_NORM_ABLATIONS:
+            for name in ("bn0", "bn1", "bn2", "bn3"):
+                model.get_layer(name).call = lambda inputs, training=None, mask=None: inputs
+            for name in ("conv0", "conv1", "conv2", "conv3"):
+                model.get_layer(name).use_bias = not NO_BATCH_NORM_ABLATIONS[variant]
         for name, size in SLICE_SIZES.get(variant, {}).items():
             model.get_layer(name).convolution_op = functools.partial(conv_with_sliced_weight_gradient, slice_size=size)
         model.train_on_batch(x, y)  # builds the optimizer and metric variables of the step's state

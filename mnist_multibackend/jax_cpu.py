@@ -117,7 +117,8 @@ def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None,
              sliced_weight_gradient_convs: tuple[str, ...] | None = None,
-             onednn_convs: tuple[str, ...] | None = None, batch_norm: bool = True) -> list[str]:
+             onednn_convs: tuple[str, ...] | None = None, batch_norm: bool = True,
+             onednn_batch_norm: bool = True) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     By default the convolutions' forms are this process's (``chosen_conv_forms``);
@@ -127,6 +128,8 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
     if keras.backend.backend() != "jax":
         return []
     import jax
+
+    from . import jax_onednn
 
     device = jax.config.jax_default_device  # runtime.start(device="cpu") sets it on a machine with a GPU
     if getattr(device, "platform", device or jax.default_backend()) != "cpu":
@@ -156,9 +159,42 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
             layer.call = max_pool_with_mask_gradient(tuple(layer.pool_size))
             changed.append(layer.name)
         elif batch_norm and _plain_batch_norm(layer):
-            layer.call = batch_norm_call(layer)
+            # oneDNN computes a batch norm and the ReLU after it in one pass each way: the pair becomes one.
+            relu = _relu_alone_after(model, layer) if onednn_batch_norm and jax_onednn.available() else None
+            layer.call = batch_norm_call(layer, relu=relu is not None, onednn=onednn_batch_norm)
             changed.append(layer.name)
+            if relu is not None:
+                relu.call = _rectified_already
+                changed.append(relu.name)
     return changed
+
+
+def _rectified_already(inputs):
+    """The call of a ReLU layer whose only input the batch norm before it has rectified (``batch_norm_call``)."""
+    return inputs
+
+
+def _relu_alone_after(model: keras.Model, layer):
+    """The layer of ``model`` that alone takes ``layer``'s output, if all it does is ReLU (``Activation("relu")``
+    or a plain ``ReLU``) and it is called once; None otherwise, or where the graph cannot tell (a layer called
+    more than once has no single input), or where the model returns the output itself."""
+    try:
+        output = layer.output
+        takers = [other for other in model.layers
+                  if any(tensor is output for tensor in keras.tree.flatten(other.input))]
+    except (AttributeError, ValueError):
+        return None
+    if len(takers) != 1 or any(tensor is output for tensor in keras.tree.flatten(model.outputs)):
+        return None
+    after = takers[0]
+    if "call" in vars(after):
+        return None
+    if type(after) is keras.layers.Activation and after.activation is keras.activations.relu:
+        return after
+    if (type(after) is keras.layers.ReLU and after.max_value is None and not after.negative_slope
+            and not after.threshold):
+        return after
+    return None
 
 
 def _plain_odd_conv(layer) -> bool:
@@ -298,11 +334,8 @@ def _onednn_conv():
 
     from . import jax_onednn
 
-    def distributed() -> bool:
-        return keras.distribution.distribution() is not None
-
     def convolution(inputs, kernel):
-        outputs = None if distributed() else jax_onednn.conv(inputs, kernel)
+        outputs = None if _distributed() else jax_onednn.conv(inputs, kernel)
         return valid_conv(inputs, kernel) if outputs is None else outputs
 
     def forward(inputs, kernel):
@@ -310,7 +343,7 @@ def _onednn_conv():
 
     def backward(residuals, grad):
         inputs, kernel = residuals
-        if distributed():
+        if _distributed():
             return jax.vjp(valid_conv, inputs, kernel)[1](grad)
         input_grad = jax_onednn.conv_input_gradient(grad, kernel, inputs.shape)
         if input_grad is None:
@@ -335,19 +368,21 @@ def _plain_batch_norm(layer) -> bool:
             and layer.compute_dtype in ("float32", "bfloat16", "float16"))
 
 
-def batch_norm_call(layer):
-    """``layer.call`` with its training step in ``batch_norm_training``; otherwise (inference, a mask, a frozen
-    layer, channels not last) Keras's own."""
+def batch_norm_call(layer, relu: bool = False, onednn: bool = True):
+    """``layer.call`` with its training step in ``batch_norm_training`` (oneDNN's form where it applies and
+    ``onednn``); otherwise (inference, a mask, a frozen layer, channels not last) Keras's own. With ``relu``,
+    the ReLU that follows the layer too, in every case."""
     keras_call = layer.call
 
     def call(inputs, training=None, mask=None):
         if (not (training and layer.trainable) or mask is not None
                 or layer.axis not in (-1, len(inputs.shape) - 1)):
-            return keras_call(inputs, training=training, mask=mask)
+            outputs = keras_call(inputs, training=training, mask=mask)
+            return keras.activations.relu(outputs) if relu else outputs
         dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras: statistics in float32 at least
         outputs, mean, variance = batch_norm_training(
             keras.ops.cast(inputs, dtype), keras.ops.cast(layer.gamma, dtype), keras.ops.cast(layer.beta, dtype),
-            layer.epsilon)
+            layer.epsilon, relu=relu, onednn=onednn)
         momentum = layer.momentum
         layer.moving_mean.assign(keras.ops.cast(layer.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
         layer.moving_variance.assign(
@@ -357,10 +392,61 @@ def batch_norm_call(layer):
     return call
 
 
-def batch_norm_training(x, gamma, beta, epsilon: float):
-    """Batch norm of channels-last ``x`` over all but its last axis: ``(outputs, mean, variance)``, computed as
-    Keras computes them (the variance without Bessel's correction), with the gradient written out."""
-    return _batch_norm_training()(x, gamma, beta, epsilon)
+def batch_norm_training(x, gamma, beta, epsilon: float, relu: bool = False, onednn: bool = True):
+    """Batch norm of channels-last ``x`` over all but its last axis, then ReLU if ``relu``:
+    ``(outputs, mean, variance)``, computed as Keras computes them (the variance without Bessel's correction),
+    with the gradient written out: by oneDNN where it computes this (float32, rank 4, no
+    ``keras.distribution``, ``onednn``), else by XLA."""
+    from . import jax_onednn
+
+    if (onednn and not _distributed() and x.dtype == gamma.dtype == beta.dtype == "float32"
+            and None not in (jax_onednn.batch_norm(pass_, tuple(x.shape), epsilon, relu)
+                             for pass_ in jax_onednn.BATCH_NORM_PASSES)):
+        return _onednn_batch_norm(bool(relu))(x, gamma, beta, jax_onednn.batch_norm_epsilon(epsilon))
+    outputs, mean, variance = _batch_norm_training()(x, gamma, beta, epsilon)
+    return (keras.activations.relu(outputs) if relu else outputs), mean, variance
+
+
+def _distributed() -> bool:
+    """Under a ``keras.distribution``: oneDNN's custom calls do not know the shards, so XLA's forms stay."""
+    return keras.distribution.distribution() is not None
+
+
+@functools.cache
+def _onednn_batch_norm(relu: bool):
+    import jax
+    import jax.numpy as jnp
+    from jax.custom_derivatives import SymbolicZero
+
+    from . import jax_onednn
+
+    def batch_norm(x, gamma, beta, epsilon):
+        return jax_onednn.batch_norm_forward(x, gamma, beta, epsilon, relu)[:3]
+
+    def forward(x, gamma, beta, epsilon):
+        x, gamma, beta = x.value, gamma.value, beta.value  # symbolic zeros: the primals come wrapped
+        outputs, mean, variance, workspace = jax_onednn.batch_norm_forward(x, gamma, beta, epsilon, relu)
+        return (outputs, mean, variance), (x, gamma, mean, variance, workspace)
+
+    def backward(epsilon, residuals, cotangents):
+        x, gamma, mean, variance, workspace = residuals
+        grad, grad_mean, grad_variance = cotangents
+        if isinstance(grad, SymbolicZero):
+            grad = jnp.zeros_like(x)
+        grad_x, grad_gamma, grad_beta = jax_onednn.batch_norm_backward(
+            x, grad, mean, variance, gamma, workspace, epsilon)
+        # What reaches x through the mean and variance returned (1 / N and 2 (x - mean) / N per value): where
+        # only the moving statistics use them, as in training, JAX passes symbolic zeros and this costs nothing.
+        count = x.size // x.shape[-1]
+        if not isinstance(grad_mean, SymbolicZero):
+            grad_x = grad_x + grad_mean / count
+        if not isinstance(grad_variance, SymbolicZero):
+            grad_x = grad_x + (x - mean) * (2.0 * grad_variance / count)
+        return grad_x, grad_gamma, grad_beta
+
+    with_gradient = jax.custom_vjp(batch_norm, nondiff_argnums=(3,))
+    with_gradient.defvjp(forward, backward, symbolic_zeros=True)
+    return with_gradient
 
 
 @functools.cache

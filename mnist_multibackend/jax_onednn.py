@@ -47,6 +47,12 @@ _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHT
 _QUERY_IMPL_INFO, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 8, 131, 132, 136
 _ARG_SCRATCHPAD, _SCRATCHPAD_MODE_USER = 80, 1
 _STREAM_IN_ORDER = 1
+# Batch normalization's (dnnl_types.h): arguments, its backward propagation, its flags, the workspace query.
+_ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT, _ARG_WORKSPACE, _ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = (
+    49, 50, 51, 52, 64, 255, 256)
+_BACKWARD = 128
+_USE_SCALE, _USE_SHIFT, _FUSE_NORM_RELU = 0x2, 0x4, 0x8
+_QUERY_WORKSPACE_MD = 135
 _ALLOCATE = ctypes.c_void_p(2 ** 64 - 1)  # DNNL_MEMORY_ALLOCATE: the library allocates the memory itself
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
 
@@ -85,6 +91,7 @@ def _onednn():
     lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
     lib.dnnl_primitive_desc_query_md.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.dnnl_version.restype = ctypes.POINTER(ctypes.c_int * 3)
+    lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
     engine, stream = ctypes.c_void_p(), ctypes.c_void_p()
     if (lib.dnnl_engine_create(ctypes.byref(engine), _CPU, ctypes.c_size_t(0))
             or lib.dnnl_stream_create(ctypes.byref(stream), engine, ctypes.c_uint(_STREAM_IN_ORDER))):
@@ -112,7 +119,23 @@ def _check(status: int, what: str) -> None:
 PASSES = ("forward", "input_gradient", "weight_gradient")
 
 
-class Convolution:
+class _Primitives:
+    """Owns the oneDNN primitives and memory objects it creates (freed with it)."""
+
+    def _primitive(self, descriptor):
+        primitive = ctypes.c_void_p()
+        _check(_onednn()[0].dnnl_primitive_create(ctypes.byref(primitive), descriptor), "primitive")
+        self._primitives.append(primitive)
+        return primitive
+
+    def _memory(self, md, handle):
+        memory = ctypes.c_void_p()
+        _check(_onednn()[0].dnnl_memory_create(ctypes.byref(memory), md, _onednn()[1], handle), "memory")
+        self._memories.append(memory)
+        return memory
+
+
+class Convolution(_Primitives):
     """One pass of a VALID, stride-1 convolution of channels-last inputs (n, h, w, c) by a kernel
     (kh, kw, c, f) as Keras stores it, by oneDNN: one primitive for one pass and shape.
 
@@ -227,19 +250,6 @@ class Convolution:
         return {"forward": (images, kernel, outputs), "input_gradient": (outputs, kernel, images),
                 "weight_gradient": (images, outputs, kernel)}[self.pass_]
 
-    def _primitive(self, descriptor):
-        primitive = ctypes.c_void_p()
-        _check(_onednn()[0].dnnl_primitive_create(ctypes.byref(primitive), descriptor), "primitive")
-        self._primitives.append(primitive)
-        return primitive
-
-    def _memory(self, md, handle):
-        memory = ctypes.c_void_p()
-        _check(_onednn()[0].dnnl_memory_create(ctypes.byref(memory), md, _onednn()[1], handle), "memory")
-        self._memories.append(memory)
-        return memory
-
-
     def run(self, first: int, second: int, result: int) -> None:
         """Compute into the buffer at address ``result`` from the operands at ``first`` and ``second``
         (C-contiguous float32 buffers of ``shapes``)."""
@@ -286,6 +296,142 @@ def convolution(pass_: str, input_shape: tuple[int, ...], kernel_shape: tuple[in
         return None  # no output pixel, or an empty operand: nothing for oneDNN to compute
     try:
         return Convolution(pass_, tuple(input_shape), tuple(kernel_shape))
+    except OneDnnError:
+        return None
+
+
+
+BATCH_NORM_PASSES = ("forward", "backward")
+
+
+class BatchNorm(_Primitives):
+    """One pass of batch normalization in training, of channels-last images (n, h, w, c) over all but their
+    channels, with a learned scale (gamma) and offset (beta), and with the ReLU that follows it or without,
+    by oneDNN: one primitive for one pass, shape, epsilon and ReLU.
+
+    - ``forward``: (inputs, gamma, beta) -> (outputs, mean, variance[, workspace]): the batch's mean and
+      variance (without Bessel's correction), as Keras's training step uses them;
+    - ``backward``: (inputs, upstream, mean, variance, gamma[, workspace]) -> the gradients of inputs, gamma
+      and beta, ``upstream`` being the outputs' gradient.
+
+    With the ReLU, the forward pass also returns ``workspace_size`` bytes: its record of which outputs the
+    ReLU zeroed, which the backward pass reads. Everything else is float32.
+    """
+
+    def __init__(self, pass_: str, shape: tuple[int, ...], epsilon: float, relu: bool):
+        lib, engine, _ = _onednn()
+        n, h, w, c = shape
+        self.pass_, self.shape, self.epsilon, self.relu = pass_, tuple(shape), float(epsilon), bool(relu)
+        self._primitives, self._memories, descriptors, mds = [], [], [], []
+        weakref.finalize(self, _release, lib, self._primitives, self._memories).atexit = False
+
+        def strided(dims, strides):
+            md = ctypes.c_void_p()
+            _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), len(dims), _Dims(*dims), _F32,
+                                                            _Dims(*strides)), "memory descriptor")
+            mds.append(md)
+            return md
+
+        def descriptor():
+            pd = ctypes.c_void_p()
+            descriptors.append(pd)
+            return pd
+
+        images = strided((n, c, h, w), (h * w * c, 1, w * c, c))
+        channels = strided((c,), (1,))
+        flags = ctypes.c_uint(_USE_SCALE | _USE_SHIFT | (_FUSE_NORM_RELU if relu else 0))
+        attr = ctypes.c_void_p()
+        _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
+        try:  # each primitive its own scratch memory, as Convolution's
+            _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_MODE_USER), "scratchpad mode")
+            forward = chosen = descriptor()
+            _check(lib.dnnl_batch_normalization_forward_primitive_desc_create(
+                ctypes.byref(forward), engine, _FORWARD_TRAINING, images, images, ctypes.c_float(epsilon), flags,
+                attr), "batch normalization")
+            if pass_ == "backward":
+                chosen = descriptor()
+                _check(lib.dnnl_batch_normalization_backward_primitive_desc_create(
+                    ctypes.byref(chosen), engine, _BACKWARD, images, images, images, ctypes.c_float(epsilon), flags,
+                    forward, attr), "batch normalization gradient")
+            info = ctypes.c_char_p()
+            lib.dnnl_primitive_desc_query(chosen, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
+            self.implementation = (info.value or b"").decode()
+            self._pass = self._primitive(chosen)
+            self._scratch = self._memory(
+                ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(chosen, _QUERY_SCRATCHPAD_MD, 0)), _ALLOCATE)
+            workspace = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(forward, _QUERY_WORKSPACE_MD, 0))
+            self.workspace_size = int(lib.dnnl_memory_desc_get_size(workspace)) if relu else 0
+            # A memory object for each operand and result, in the order run() takes their addresses.
+            roles = {"forward": (_ARG_SRC, _ARG_SCALE, _ARG_SHIFT, _ARG_DST, _ARG_MEAN, _ARG_VARIANCE),
+                     "backward": (_ARG_SRC, _ARG_DIFF_DST, _ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE,
+                                  _ARG_DIFF_SRC, _ARG_DIFF_SCALE, _ARG_DIFF_SHIFT)}[pass_]
+            image_roles = (_ARG_SRC, _ARG_DST, _ARG_DIFF_DST, _ARG_DIFF_SRC)
+            bound = [(role, self._memory(images if role in image_roles else channels, None)) for role in roles]
+            if relu:  # the forward pass's last result, the backward pass's last operand
+                bound.insert(len(bound) if pass_ == "forward" else 5, (_ARG_WORKSPACE, self._memory(workspace, None)))
+        finally:
+            lib.dnnl_primitive_attr_destroy(attr)
+            for md in mds:
+                lib.dnnl_memory_desc_destroy(md)
+            for pd in descriptors:
+                if pd:
+                    lib.dnnl_primitive_desc_destroy(pd)
+        self._bound = tuple(memory for _, memory in bound)
+        self._args = (_ExecArg * (len(bound) + 1))(*(_ExecArg(role, memory) for role, memory in bound),
+                                                   _ExecArg(_ARG_SCRATCHPAD, self._scratch))
+
+    @property
+    def shapes(self) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """The shapes of the operands and of the results, in the order ``run`` takes their addresses."""
+        images, channels, workspace = self.shape, (self.shape[-1],), ((self.workspace_size,),) if self.relu else ()
+        if self.pass_ == "forward":
+            return (images, channels, channels), (images, channels, channels, *workspace)
+        return (images, images, channels, channels, channels, *workspace), (images, channels, channels)
+
+    def run(self, *addresses: int) -> None:
+        """Compute into the results' buffers from the operands' (C-contiguous, at these addresses)."""
+        lib, _, stream = _onednn()
+        with _LOCK:
+            for memory, address in zip(self._bound, addresses, strict=True):
+                _check(lib.dnnl_memory_set_data_handle(memory, ctypes.c_void_p(address)), "data handle")
+            _check(lib.dnnl_primitive_execute(self._pass, stream, len(self._args), self._args), "execution")
+            _check(lib.dnnl_stream_wait(stream), "stream")
+
+    def __call__(self, *operands):
+        """The pass on numpy arrays (a check, and the tests'): its results, as a tuple."""
+        import numpy as np
+
+        operand_shapes, result_shapes = self.shapes
+        workspace_operand = self.relu and self.pass_ == "backward"
+        operands = [np.ascontiguousarray(a, np.uint8 if workspace_operand and i == 5 else np.float32)
+                    for i, a in enumerate(operands)]
+        if tuple(a.shape for a in operands) != operand_shapes:
+            raise ValueError(f"shapes {[a.shape for a in operands]}; this primitive computes {operand_shapes}")
+        results = [np.empty(shape, np.uint8 if self.relu and self.pass_ == "forward" and i == 3 else np.float32)
+                   for i, shape in enumerate(result_shapes)]
+        self.run(*(a.ctypes.data for a in operands + results))
+        return tuple(results)
+
+
+def batch_norm_epsilon(epsilon: float) -> float:
+    """``epsilon`` as oneDNN takes it, a float32: the key of its primitives."""
+    import numpy as np
+
+    return float(np.float32(epsilon))
+
+
+def batch_norm(pass_: str, shape: tuple[int, ...], epsilon: float, relu: bool = False) -> BatchNorm | None:
+    """The batch norm primitive for this pass, shape, epsilon and ReLU, created once; None where oneDNN is
+    missing or cannot compute it."""
+    return _batch_norm(pass_, tuple(shape), batch_norm_epsilon(epsilon), bool(relu))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_norm(pass_: str, shape: tuple[int, ...], epsilon: float, relu: bool) -> BatchNorm | None:
+    if not available() or len(shape) != 4 or 0 in shape:
+        return None
+    try:
+        return BatchNorm(pass_, shape, epsilon, relu)
     except OneDnnError:
         return None
 
@@ -355,7 +501,7 @@ class _Api(ctypes.Structure):  # the head of XLA_FFI_Api: enough to reach XLA_FF
                 ("internal_api", ctypes.c_void_p), ("error_create", _ERROR_CREATE)]
 
 
-_EXTENSION_METADATA, _STAGE_EXECUTE, _F32_TYPE, _INVALID_ARGUMENT, _INTERNAL = 1, 3, 11, 3, 13
+_EXTENSION_METADATA, _STAGE_EXECUTE, _U8_TYPE, _F32_TYPE, _INVALID_ARGUMENT, _INTERNAL = 1, 3, 6, 11, 3, 13
 
 
 def _error(frame, code: int, message: str):
@@ -368,8 +514,9 @@ def _buffer(pointer) -> tuple[_Buffer, tuple[int, ...]]:
     return buffer, tuple(buffer.dims[i] for i in range(buffer.rank))
 
 
-def _handler_for(pass_: str):
-    target = TARGETS[pass_]
+def _handler(target: str, compute):
+    """The XLA FFI handler of ``target``: ``compute(operands, results)``, each a list of ``(buffer, shape)``.
+    The message it returns, or an exception it raises, becomes the step's error."""
 
     @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_CallFrame))
     def handler(frame_pointer):
@@ -383,37 +530,71 @@ def _handler_for(pass_: str):
                 return None
             if frame.stage != _STAGE_EXECUTE:
                 return None
-            if frame.args.size != 2 or frame.rets.size != 1:
-                return _error(frame, _INVALID_ARGUMENT, f"{target}: takes 2 operands and returns 1")
-            (first, first_shape), (second, second_shape), (result, result_shape) = (
-                _buffer(frame.args.items[0]), _buffer(frame.args.items[1]), _buffer(frame.rets.items[0]))
-            if any(b.dtype != _F32_TYPE or b.rank != 4 for b in (first, second, result)):
-                return _error(frame, _INVALID_ARGUMENT, f"{target}: float32 operands of rank 4 only")
-            input_shape, kernel_shape = {"forward": (first_shape, second_shape),
-                                         "input_gradient": (result_shape, second_shape),
-                                         "weight_gradient": (first_shape, result_shape)}[pass_]
-            primitive = convolution(pass_, input_shape, kernel_shape)
-            if primitive is None or primitive.shapes != (first_shape, second_shape, result_shape):
-                return _error(frame, _INVALID_ARGUMENT,
-                              f"{target}: oneDNN cannot compute {first_shape}, {second_shape} -> {result_shape}")
-            primitive.run(first.data, second.data, result.data)
-            return None
+            message = compute([_buffer(frame.args.items[i]) for i in range(frame.args.size)],
+                              [_buffer(frame.rets.items[i]) for i in range(frame.rets.size)])
+            return None if message is None else _error(frame, _INVALID_ARGUMENT, f"{target}: {message}")
         except Exception as error:  # an exception must not cross into XLA: it becomes the step's error
             return _error(frame, _INTERNAL, f"{target}: {type(error).__name__}: {error}")
 
     return handler
 
 
+def _convolution_pass(pass_: str):
+    def compute(operands, results):
+        if len(operands) != 2 or len(results) != 1:
+            return "takes 2 operands and returns 1"
+        (first, first_shape), (second, second_shape), (result, result_shape) = *operands, *results
+        if any(b.dtype != _F32_TYPE or b.rank != 4 for b in (first, second, result)):
+            return "float32 operands of rank 4 only"
+        input_shape, kernel_shape = {"forward": (first_shape, second_shape),
+                                     "input_gradient": (result_shape, second_shape),
+                                     "weight_gradient": (first_shape, result_shape)}[pass_]
+        primitive = convolution(pass_, input_shape, kernel_shape)
+        if primitive is None or primitive.shapes != (first_shape, second_shape, result_shape):
+            return f"oneDNN cannot compute {first_shape}, {second_shape} -> {result_shape}"
+        primitive.run(first.data, second.data, result.data)
+        return None
+
+    return compute
+
+
+def _batch_norm_pass(pass_: str):
+    # Operands: the pass's, then epsilon as a float32[1] (it is part of the primitive, and XLA's FFI passes a
+    # constant operand more simply than an attribute); the ReLU's workspace makes one more result or operand.
+    plain = {"forward": (4, 3), "backward": (6, 3)}[pass_]
+
+    def compute(operands, results):
+        relu = (len(operands), len(results)) != plain
+        if relu and (len(operands), len(results)) != (plain[0] + (pass_ == "backward"),
+                                                      plain[1] + (pass_ == "forward")):
+            return f"takes {plain[0]} operands and returns {plain[1]}, one more of either with the ReLU"
+        (epsilon, epsilon_shape), buffers = operands[-1], operands[:-1] + results
+        if epsilon.dtype != _F32_TYPE or epsilon_shape != (1,) or buffers[0][0].rank != 4:
+            return "float32 images of rank 4 and a float32[1] epsilon only"
+        primitive = batch_norm(pass_, buffers[0][1], ctypes.c_float.from_address(epsilon.data).value, relu)
+        workspace = (5 if pass_ == "backward" else 6) if relu else None  # its index among the buffers
+        if (primitive is None or tuple(shape for _, shape in buffers) != sum(primitive.shapes, ())
+                or any(b.dtype != (_U8_TYPE if i == workspace else _F32_TYPE) for i, (b, _) in enumerate(buffers))):
+            return f"oneDNN cannot compute {[shape for _, shape in buffers]}"
+        primitive.run(*(b.data for b, _ in buffers))
+        return None
+
+    return compute
+
+
 TARGETS = {pass_: f"mnist_mb_onednn_conv_{pass_}" for pass_ in PASSES}
-_HANDLERS = {pass_: _handler_for(pass_) for pass_ in PASSES}  # kept alive: XLA holds their addresses
+BATCH_NORM_TARGETS = {pass_: f"mnist_mb_onednn_batch_norm_{pass_}" for pass_ in BATCH_NORM_PASSES}
+_HANDLERS = {**{TARGETS[p]: _handler(TARGETS[p], _convolution_pass(p)) for p in PASSES},
+             **{BATCH_NORM_TARGETS[p]: _handler(BATCH_NORM_TARGETS[p], _batch_norm_pass(p))
+                for p in BATCH_NORM_PASSES}}  # kept alive: XLA holds their addresses
 
 
 @functools.cache
 def _registered() -> bool:
     import jax
 
-    for pass_, handler in _HANDLERS.items():
-        jax.ffi.register_ffi_target(TARGETS[pass_], jax.ffi.pycapsule(ctypes.cast(handler, ctypes.c_void_p).value),
+    for target, handler in _HANDLERS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(ctypes.cast(handler, ctypes.c_void_p).value),
                                     platform="cpu")
     return True
 
@@ -445,3 +626,43 @@ def conv_input_gradient(upstream, kernel, input_shape: tuple[int, ...]):
 def conv_weight_gradient(inputs, upstream, kernel_shape: tuple[int, ...]):
     """The kernel's gradient of that convolution of ``inputs``, given its output's gradient ``upstream``."""
     return _call("weight_gradient", inputs, upstream, inputs.shape, kernel_shape)
+
+
+def batch_norm_forward(inputs, gamma, beta, epsilon: float, relu: bool = False):
+    """Batch norm in training of channels-last ``inputs`` (then ReLU, if ``relu``), by oneDNN:
+    ``(outputs, mean, variance, workspace)``, the workspace None without the ReLU; None where oneDNN cannot
+    compute it."""
+    import jax
+    import numpy as np
+
+    primitive = batch_norm("forward", tuple(inputs.shape), epsilon, relu)
+    if primitive is None or any(a.dtype != np.float32 for a in (inputs, gamma, beta)):
+        return None
+    if (tuple(inputs.shape), tuple(gamma.shape), tuple(beta.shape)) != primitive.shapes[0]:
+        return None
+    _registered()
+    result_types = [jax.ShapeDtypeStruct(shape, np.float32) for shape in primitive.shapes[1][:3]]
+    if relu:
+        result_types.append(jax.ShapeDtypeStruct(primitive.shapes[1][3], np.uint8))
+    results = jax.ffi.ffi_call(BATCH_NORM_TARGETS["forward"], result_types)(
+        inputs, gamma, beta, np.array([primitive.epsilon], np.float32))
+    return tuple(results) if relu else (*results, None)
+
+
+def batch_norm_backward(inputs, upstream, mean, variance, gamma, workspace, epsilon: float):
+    """The gradients of inputs, gamma and beta of ``batch_norm_forward``, given its outputs' gradient
+    ``upstream`` and its mean, variance and workspace (None: no ReLU); None where oneDNN cannot compute them."""
+    import jax
+    import numpy as np
+
+    relu = workspace is not None
+    primitive = batch_norm("backward", tuple(inputs.shape), epsilon, relu)
+    operands = (inputs, upstream, mean, variance, gamma) + ((workspace,) if relu else ())
+    if primitive is None or tuple(tuple(a.shape) for a in operands) != primitive.shapes[0]:
+        return None
+    if any(a.dtype != np.float32 for a in operands[:5]):
+        return None
+    _registered()
+    result_types = [jax.ShapeDtypeStruct(shape, np.float32) for shape in primitive.shapes[1]]
+    return tuple(jax.ffi.ffi_call(BATCH_NORM_TARGETS["backward"], result_types)(
+        *operands, np.array([primitive.epsilon], np.float32)))

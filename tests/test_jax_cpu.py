@@ -81,9 +81,13 @@ def test_onednn_loads_where_the_project_installs_it():
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
     chosen = conv_forms(cpu_features(), in_force(), onednn_available())
     rebound = sum(chosen.values(), ())
-    expected = [name for name in ("conv0", "bn0", "conv1", "bn1", "MP1", "conv2", "bn2", "conv3", "bn3", "MP2")
-                if name[:2] in ("MP", "bn") or name in rebound]
+    # Where oneDNN computes the batch norms, each with the ReLU after it: the activation layers pass it on.
+    relus = onednn_available()
+    expected = [name for name in ("conv0", "bn0", "activation_1", "conv1", "bn1", "activation_2", "MP1", "conv2",
+                                  "bn2", "activation_3", "conv3", "bn3", "activation_4", "MP2")
+                if name[:2] in ("MP", "bn") or name in rebound or (relus and name.startswith("activation"))]
     assert speed_up(build_model()) == expected
+    assert speed_up(build_model(), onednn_batch_norm=False) == [name for name in expected if "activation" not in name]
     assert speed_up(build_model(), **{**NONE, "same_padded_convs": ("conv1",)}, batch_norm=False) == [
         "conv1", "MP1", "MP2"]
 
