@@ -76,8 +76,11 @@ for _variant, _forms in VARIANTS.items():
         _forms.setdefault("sliced_weight_gradient_convs", ())
         _forms.setdefault("onednn_convs", ())
         _forms.setdefault("batch_norm", False)  # each earlier study as it was measured: Keras's batch norm
+        _forms.setdefault("batch_norm_relu", False)
 # Kept's forms with Keras's own batch norm: what jax_cpu.batch_norm_training is measured against.
 VARIANTS["kept with Keras's batch norm"] = {"batch_norm": False}
+# Kept's forms with each batch norm and the ReLU after it computed apart (jax_cpu's form before they were one).
+VARIANTS["kept with batch norm and ReLU apart"] = {"batch_norm_relu": False}
 # Other slice sizes for the weight gradients (conv -> images per slice; a conv not named keeps XLA's
 # whole-batch gradient), over the pools' mask gradient: measured in the step no faster than kept's 32.
 SLICE_SIZES = {"slices 8/16/whole": {"conv1": 8, "conv2": 16}, "slices 16/16/whole": {"conv1": 16, "conv2": 16},
@@ -100,7 +103,7 @@ VARIANTS[NO_BIAS_ABLATION] = {}
 # could save (oneDNN's, with the ReLU after it fused in, was studied: docs/performance.md, "The Ice Lake host").
 NO_BATCH_NORM_ABLATIONS = {"ablation: batch norms as identities": False,
                            "ablation: batch norms as identities and convolutions without bias": True}
-VARIANTS.update({name: {} for name in NO_BATCH_NORM_ABLATIONS})
+VARIANTS.update({name: {"batch_norm_relu": False} for name in NO_BATCH_NORM_ABLATIONS})  # the ReLUs kept
 XLA_INPUT_GRADIENT = {"all matmul + XLA input gradients": ("conv0", "conv1", "conv2", "conv3"),
                       "conv1 matmul + XLA input gradient": ("conv1",)}
 

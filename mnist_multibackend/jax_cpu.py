@@ -117,7 +117,8 @@ def chosen_conv_forms() -> dict[str, tuple[str, ...]]:
 def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = None,
              mask_pool_gradient: bool = True, matmul_convs: tuple[str, ...] | None = None,
              sliced_weight_gradient_convs: tuple[str, ...] | None = None,
-             onednn_convs: tuple[str, ...] | None = None, batch_norm: bool = True) -> list[str]:
+             onednn_convs: tuple[str, ...] | None = None, batch_norm: bool = True,
+             batch_norm_relu: bool = True) -> list[str]:
     """Rebind the computations of ``model``'s layers that have a faster form on JAX/CPU; returns their names.
 
     By default the convolutions' forms are this process's (``chosen_conv_forms``);
@@ -156,9 +157,43 @@ def speed_up(model: keras.Model, same_padded_convs: tuple[str, ...] | None = Non
             layer.call = max_pool_with_mask_gradient(tuple(layer.pool_size))
             changed.append(layer.name)
         elif batch_norm and _plain_batch_norm(layer):
-            layer.call = batch_norm_call(layer)
+            # A batch norm and the ReLU after it, computed as one: the ReLU's gradient is then read inside the
+            # batch norm's backward passes rather than written out over the activations by a pass of its own.
+            relu = _relu_alone_after(model, layer) if batch_norm_relu else None
+            layer.call = batch_norm_call(layer, relu=relu is not None)
             changed.append(layer.name)
+            if relu is not None:
+                relu.call = _rectified_already
+                changed.append(relu.name)
     return changed
+
+
+def _rectified_already(inputs):
+    """The call of a ReLU layer whose only input the batch norm before it rectifies (``batch_norm_call``)."""
+    return inputs
+
+
+def _relu_alone_after(model: keras.Model, layer):
+    """The layer of ``model`` that alone takes ``layer``'s output, if all it does is ReLU (``Activation("relu")``
+    or a plain ``ReLU``) and it is called once; None otherwise, or where the graph cannot tell (a layer called
+    more than once has no single input or output), or where the model returns that output itself."""
+    try:
+        output = layer.output
+        takers = [other for other in model.layers
+                  if any(tensor is output for tensor in keras.tree.flatten(other.input))]
+    except (AttributeError, ValueError):
+        return None
+    if len(takers) != 1 or any(tensor is output for tensor in keras.tree.flatten(model.outputs)):
+        return None
+    after = takers[0]
+    if "call" in vars(after):
+        return None
+    if type(after) is keras.layers.Activation and after.activation is keras.activations.relu:
+        return after
+    if (type(after) is keras.layers.ReLU and after.max_value is None and not after.negative_slope
+            and not after.threshold):
+        return after
+    return None
 
 
 def _plain_odd_conv(layer) -> bool:
@@ -335,19 +370,20 @@ def _plain_batch_norm(layer) -> bool:
             and layer.compute_dtype in ("float32", "bfloat16", "float16"))
 
 
-def batch_norm_call(layer):
+def batch_norm_call(layer, relu: bool = False):
     """``layer.call`` with its training step in ``batch_norm_training``; otherwise (inference, a mask, a frozen
-    layer, channels not last) Keras's own."""
+    layer, channels not last) Keras's own. With ``relu``, the ReLU that follows the layer too, in every case."""
     keras_call = layer.call
 
     def call(inputs, training=None, mask=None):
         if (not (training and layer.trainable) or mask is not None
                 or layer.axis not in (-1, len(inputs.shape) - 1)):
-            return keras_call(inputs, training=training, mask=mask)
+            outputs = keras_call(inputs, training=training, mask=mask)
+            return keras.activations.relu(outputs) if relu else outputs
         dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras: statistics in float32 at least
         outputs, mean, variance = batch_norm_training(
             keras.ops.cast(inputs, dtype), keras.ops.cast(layer.gamma, dtype), keras.ops.cast(layer.beta, dtype),
-            layer.epsilon)
+            layer.epsilon, relu=relu)
         momentum = layer.momentum
         layer.moving_mean.assign(keras.ops.cast(layer.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
         layer.moving_variance.assign(
@@ -357,14 +393,15 @@ def batch_norm_call(layer):
     return call
 
 
-def batch_norm_training(x, gamma, beta, epsilon: float):
-    """Batch norm of channels-last ``x`` over all but its last axis: ``(outputs, mean, variance)``, computed as
-    Keras computes them (the variance without Bessel's correction), with the gradient written out."""
-    return _batch_norm_training()(x, gamma, beta, epsilon)
+def batch_norm_training(x, gamma, beta, epsilon: float, relu: bool = False):
+    """Batch norm of channels-last ``x`` over all but its last axis, then ReLU if ``relu``:
+    ``(outputs, mean, variance)``, computed as Keras computes them (the variance without Bessel's correction),
+    with the gradient written out."""
+    return _batch_norm_training(bool(relu))(x, gamma, beta, epsilon)
 
 
 @functools.cache
-def _batch_norm_training():
+def _batch_norm_training(relu: bool = False):
     import jax
     import jax.numpy as jnp
 
@@ -376,18 +413,22 @@ def _batch_norm_training():
     def batch_norm(x, gamma, beta, epsilon):
         mean, variance = statistics(x)
         inv = jax.lax.rsqrt(variance + epsilon) * gamma  # ops.batch_normalization's order of operations
-        return x * inv + (beta - mean * inv), mean, variance
+        outputs = x * inv + (beta - mean * inv)
+        return (jnp.maximum(outputs, 0.0) if relu else outputs), mean, variance  # jnp.maximum: jax.nn.relu's
 
     def forward(x, gamma, beta, epsilon):
         outputs, mean, variance = batch_norm(x, gamma, beta, epsilon)
-        return (outputs, mean, variance), (x, mean, jax.lax.rsqrt(variance + epsilon), gamma)
+        return (outputs, mean, variance), (x, mean, jax.lax.rsqrt(variance + epsilon), gamma,
+                                           outputs if relu else None)
 
     def backward(epsilon, residuals, cotangents):
         # With xhat = (x - mean) * inv_std over N values per channel: d beta = sum(g), d gamma = sum(g * xhat),
         # and d x = gamma * inv_std * (g - (d beta + xhat * d gamma) / N), plus what reaches x through the mean
         # and variance returned (1 / N and 2 (x - mean) / N; zero when only the moving statistics use them).
-        x, mean, inv_std, gamma = residuals
+        x, mean, inv_std, gamma, rectified = residuals
         grad, grad_mean, grad_variance = cotangents
+        if relu:  # the ReLU's gradient, as jax.nn.relu's: where its input, so its output, is positive
+            grad = jnp.where(rectified > 0, grad, 0.0)
         axes = tuple(range(x.ndim - 1))
         count = x.size // x.shape[-1]
         centered = x - mean

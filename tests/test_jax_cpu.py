@@ -81,9 +81,12 @@ def test_onednn_loads_where_the_project_installs_it():
 def test_applied_on_jax_cpu_to_the_measured_layers_only():
     chosen = conv_forms(cpu_features(), in_force(), onednn_available())
     rebound = sum(chosen.values(), ())
-    expected = [name for name in ("conv0", "bn0", "conv1", "bn1", "MP1", "conv2", "bn2", "conv3", "bn3", "MP2")
-                if name[:2] in ("MP", "bn") or name in rebound]
+    # Each batch norm with the ReLU layer after it: the activation layers pass on what the batch norms rectified.
+    expected = [name for name in ("conv0", "bn0", "activation_1", "conv1", "bn1", "activation_2", "MP1", "conv2",
+                                  "bn2", "activation_3", "conv3", "bn3", "activation_4", "MP2")
+                if name[:2] in ("MP", "bn", "ac") or name in rebound]
     assert speed_up(build_model()) == expected
+    assert speed_up(build_model(), batch_norm_relu=False) == [name for name in expected if name[:2] != "ac"]
     assert speed_up(build_model(), **{**NONE, "same_padded_convs": ("conv1",)}, batch_norm=False) == [
         "conv1", "MP1", "MP2"]
 
@@ -271,3 +274,81 @@ def test_speed_up_leaves_other_batch_norms_alone(options):
     inputs = keras.Input((5, 5, 4))
     model = keras.Model(inputs, keras.layers.BatchNormalization(**options)(inputs))
     assert speed_up(model) == []
+
+
+def _loss_and_grads(model, trainable, non_trainable, x, weights):
+    """A loss that weighs the outputs unevenly, its aux (outputs, new non-trainable state), its gradients
+    with respect to the trainable weights and the input."""
+    import jax
+
+    def loss(trainable, x):
+        outputs, state = model.stateless_call(trainable, non_trainable, x, training=True)
+        total = sum((o * w).sum() + (o ** 2).sum()
+                    for o, w in zip(keras.tree.flatten(outputs), keras.tree.flatten(weights), strict=True))
+        return total, (outputs, state)
+
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(trainable, x)
+
+
+def _relu_pair_cases():
+    """Models in which a batch norm is followed by a ReLU, or by something else; each with whether speed_up
+    may compute the two as one (only where the ReLU alone takes the batch norm's output, once)."""
+    def model(after, also=None):
+        inputs = keras.Input((5, 5, 4))
+        normed = keras.layers.BatchNormalization(name="bn")(inputs)
+        outputs = after(normed)
+        if also == "added":  # another layer takes the batch norm's output too
+            outputs = keras.layers.Add()([outputs, normed])
+        elif also == "returned":  # the model returns it as well
+            outputs = [outputs, normed]
+        elif also == "called twice":  # the ReLU layer serves another input too
+            outputs = keras.layers.Add()([outputs, after(inputs)])
+        return keras.Model(inputs, outputs)
+
+    return {"Activation relu": (lambda: model(keras.layers.Activation("relu")), True),
+            "ReLU layer": (lambda: model(keras.layers.ReLU()), True),
+            "ReLU capped at 6": (lambda: model(keras.layers.ReLU(max_value=6.0)), False),
+            "leaky ReLU": (lambda: model(keras.layers.ReLU(negative_slope=0.1)), False),
+            "tanh": (lambda: model(keras.layers.Activation("tanh")), False),
+            "another taker": (lambda: model(keras.layers.Activation("relu"), "added"), False),
+            "output returned": (lambda: model(keras.layers.Activation("relu"), "returned"), False),
+            "ReLU called twice": (lambda: model(keras.layers.Activation("relu"), "called twice"), False)}
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("case", sorted(_relu_pair_cases()))
+def test_batch_norm_and_relu_as_one_only_where_the_relu_alone_follows(case):
+    """Where the pair is computed as one, and where it is not: the outputs, moving statistics and every
+    gradient (the input's included) are Keras's own, including the ReLU's at exactly zero."""
+    import jax
+
+    build, paired = _relu_pair_cases()[case]
+    plain = build()
+    fast = keras.Model.from_config(plain.get_config())
+    rng = np.random.default_rng(4)
+    weights = [rng.normal(0.0, 0.5, w.shape) for w in plain.get_weights()]
+    weights[3] = np.abs(weights[3]) + 0.1  # a variance
+    for model in (plain, fast):
+        model.set_weights(weights)
+    relu = [layer.name for layer in fast.layers if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU))]
+    assert speed_up(fast) == (["bn", *relu] if paired else ["bn"])
+    x = rng.normal(0.0, 1.0, (6, 5, 5, 4)).astype(np.float32)
+    x[..., 0] = 1.5  # one channel constant: with its beta zeroed below, every output there is exactly zero
+    trainable = [v.value for v in plain.trainable_variables]
+    trainable[1] = trainable[1].at[0].set(0.0)  # [gamma, beta]
+    non_trainable = [v.value for v in plain.non_trainable_variables]
+    outputs = plain.stateless_call(trainable, non_trainable, x, training=True)[0]
+    loss_weights = [rng.normal(size=o.shape).astype(np.float32) for o in keras.tree.flatten(outputs)]
+    (fast_grads, (fast_out, fast_state)), (plain_grads, (plain_out, plain_state)) = (
+        _loss_and_grads(model, trainable, non_trainable, x, loss_weights) for model in (fast, plain))
+    for a, b in zip(keras.tree.flatten(fast_out) + list(fast_state), keras.tree.flatten(plain_out) + list(plain_state),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    if paired:  # the ReLU's gradient is zero at zero, as jax.nn.relu's: nothing reaches the constant channel
+        assert not np.any(np.asarray(fast_grads[1])[..., 0]) and np.any(np.asarray(fast_grads[1])[..., 1:])
+    # Inference: Keras's batch norm, then the ReLU where the pair is one, as the plain model.
+    for a, b in zip(keras.tree.flatten(fast.predict(x, verbose=0)), keras.tree.flatten(plain.predict(x, verbose=0)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
