@@ -63,6 +63,8 @@ import functools
 
 import keras
 
+from .batch_norm_step import plain_batch_norm, training_call
+
 CONVS = ("conv0", "conv1", "conv2", "conv3")
 SLICED_CONVS = ("conv1", "conv2", "conv3")  # conv0 (one input channel) measured no faster sliced
 ONEDNN_CONVS = ("conv0", "conv1", "conv2", "conv3")  # all four, all three passes
@@ -326,35 +328,16 @@ def _onednn_conv():
 
 
 def _plain_batch_norm(layer) -> bool:
-    """A ``BatchNormalization`` that ``batch_norm_training`` computes as Keras does: per-replica statistics,
-    no renormalisation, a learned scale and offset, float weights (the axis is checked per call)."""
-    return (isinstance(layer, keras.layers.BatchNormalization)
-            and type(layer).call is keras.layers.BatchNormalization.call
-            and not layer.synchronized and not layer.renorm and layer.center and layer.scale
-            and layer.variable_dtype in ("float32", "float64")
+    """A plain ``BatchNormalization`` (``batch_norm_step``) with float weights: ``batch_norm_training`` computes it
+    as Keras does (the axis is checked per call)."""
+    return (plain_batch_norm(layer) and layer.variable_dtype in ("float32", "float64")
             and layer.compute_dtype in ("float32", "bfloat16", "float16"))
 
 
 def batch_norm_call(layer):
     """``layer.call`` with its training step in ``batch_norm_training``; otherwise (inference, a mask, a frozen
     layer, channels not last) Keras's own."""
-    keras_call = layer.call
-
-    def call(inputs, training=None, mask=None):
-        if (not (training and layer.trainable) or mask is not None
-                or layer.axis not in (-1, len(inputs.shape) - 1)):
-            return keras_call(inputs, training=training, mask=mask)
-        dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras: statistics in float32 at least
-        outputs, mean, variance = batch_norm_training(
-            keras.ops.cast(inputs, dtype), keras.ops.cast(layer.gamma, dtype), keras.ops.cast(layer.beta, dtype),
-            layer.epsilon)
-        momentum = layer.momentum
-        layer.moving_mean.assign(keras.ops.cast(layer.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
-        layer.moving_variance.assign(
-            keras.ops.cast(layer.moving_variance, dtype) * momentum + variance * (1.0 - momentum))
-        return keras.ops.cast(outputs, layer.compute_dtype)
-
-    return call
+    return training_call(layer, batch_norm_training, lambda inputs: layer.axis in (-1, len(inputs.shape) - 1))
 
 
 def batch_norm_training(x, gamma, beta, epsilon: float):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import keras
 
+from .batch_norm_step import plain_batch_norm, training_call
+
 # FusedBatchNormV3's own lower bound on epsilon (TensorFlow raises below it).
 _FUSED_MIN_EPSILON = 1.001e-5
 
@@ -49,35 +51,17 @@ def speed_up(model: keras.Model) -> list[str]:
 
 
 def _plain_batch_norm(layer) -> bool:
-    """A channels-last ``BatchNormalization`` that the fused kernel computes exactly as Keras does: per-replica
-    statistics (not synchronized), no renormalisation, a learned scale and offset, float32 weights and statistics
-    (the kernel's), 2-D images (checked per call)."""
-    return (isinstance(layer, keras.layers.BatchNormalization)
-            and type(layer).call is keras.layers.BatchNormalization.call
-            and not layer.synchronized and not layer.renorm and layer.center and layer.scale
-            and layer.epsilon >= _FUSED_MIN_EPSILON and layer.axis in (-1, 3)
+    """A plain ``BatchNormalization`` (``batch_norm_step``), channels last, that the fused kernel computes exactly
+    as Keras does: float32 weights and statistics (the kernel's), epsilon within its bound, 2-D images (checked
+    per call)."""
+    return (plain_batch_norm(layer) and layer.epsilon >= _FUSED_MIN_EPSILON and layer.axis in (-1, 3)
             and layer.variable_dtype == "float32" and layer.compute_dtype in ("float32", "bfloat16", "float16"))
 
 
 def fused_batch_norm_call(layer):
     """``layer.call`` with its training step in ``FusedBatchNormV3``; otherwise (inference, a mask, a frozen
     layer, inputs that are not 2-D images) Keras's own."""
-    import tensorflow as tf
-
-    keras_call = layer.call
-
-    def call(inputs, training=None, mask=None):
-        if not (training and layer.trainable) or mask is not None or len(inputs.shape) != 4:
-            return keras_call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 whatever the compute dtype
-        outputs, mean, variance = fused_batch_norm_training(
-            x, tf.cast(layer.gamma, "float32"), tf.cast(layer.beta, "float32"), layer.epsilon)
-        momentum = layer.momentum
-        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
-        layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
-        return tf.cast(outputs, layer.compute_dtype)
-
-    return call
+    return training_call(layer, fused_batch_norm_training, lambda inputs: len(inputs.shape) == 4)
 
 
 def fused_batch_norm_training(x, gamma, beta, epsilon: float):
